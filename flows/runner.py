@@ -1,0 +1,18 @@
+"""The Dask task runner: a temporary local cluster by default, an existing scheduler when given."""
+
+from __future__ import annotations
+
+from prefect_dask import DaskTaskRunner
+
+from oldphoto.settings import get_settings
+
+
+def dask_runner(workers: int | None = None, address: str | None = None) -> DaskTaskRunner:
+    address = address or get_settings().dask_address
+    if address:
+        if workers:
+            raise ValueError("give either a number of local workers or a Dask scheduler address, not both")
+        return DaskTaskRunner(address=address)
+    # One single-threaded process per worker: the work is numpy/OpenCV/torch, not Python threads.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})

@@ -1,0 +1,72 @@
+"""The `oldphoto` command line: parses arguments and calls flows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (also OLDPHOTO_* environment variables)")
+    group.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
+    group.add_argument("--workers", type=int, help="local Dask worker processes (default 2)")
+    group.add_argument("--dask-address", help="use an existing Dask scheduler, tcp://HOST:PORT")
+
+
+def _settings_from(args: argparse.Namespace):
+    from .settings import configure
+
+    return configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address)
+
+
+def synth(args: argparse.Namespace) -> int:
+    from .prefect_api import prefect_api
+    from .storage import absolute
+    from .synth import DegradationConfig
+    from .flows.runner import dask_runner
+    from .flows.synth import synthesize
+    from .tasks.synth import SynthConfig
+
+    settings = _settings_from(args)
+    config = SynthConfig(count=args.count, seed=args.seed, crop=args.crop or None, shard_size=args.shard_size,
+                         degradation=DegradationConfig.load(args.degradation))
+    runner = dask_runner(args.workers, settings.dask_address)
+    with prefect_api():
+        summary = synthesize.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
+    parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("synth", help="degrade clean photographs into Parquet shards of training pairs")
+    p.add_argument("src", help="folder, file or URL (s3://bucket/prefix) of clean photographs")
+    p.add_argument("dst", help="folder or URL for the shards and manifest.json")
+    p.add_argument("--count", type=int, required=True, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop", type=int, default=256, help="square crop size; 0 keeps whole images")
+    p.add_argument("--shard-size", type=int, default=64, help="samples per shard")
+    p.add_argument("--degradation", default="default", help="preset (default, v2, corruptions) or JSON file")
+    _add_settings(p)
+    p.set_defaults(run=synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"oldphoto {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""One Prefect API for a process and the Dask workers it starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+
+@contextmanager
+def prefect_api(startup_timeout: int = 90) -> Iterator[str | None]:
+    """Use the configured Prefect API, or start one temporary local API for the duration.
+
+    Without this, every Dask worker process that runs a task would start a temporary API of its own
+    (seconds each, and competing SQLite writers). The URL is exported so that workers inherit it.
+    """
+    configured = PREFECT_API_URL.value()
+    if configured:
+        os.environ.setdefault("PREFECT_API_URL", configured)
+        yield configured
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=startup_timeout)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        # The server itself stops at interpreter exit (it registered that with atexit at start),
+        # after Prefect's log and event workers have drained into it.
+        os.environ.pop("PREFECT_API_URL", None)

@@ -1,0 +1,106 @@
+"""Storage over fsspec: the same calls for local paths and URLs (s3://, gs://, memory://, ...)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import uuid
+from pathlib import Path
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from .settings import get_settings
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+
+# Object stores publish an object only when its upload completes, so a direct put is already atomic.
+_ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "memory"}
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for a URL or local path, and the path inside it."""
+    return url_to_fs(str(url), **get_settings().fsspec_options(str(url)))
+
+
+def is_local(url: str) -> bool:
+    fs, _ = filesystem(url)
+    return "file" in _protocols(fs)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    protocol = fs.protocol
+    return {protocol} if isinstance(protocol, str) else set(protocol)
+
+
+def absolute(url: str) -> str:
+    """A URL as is, a local path made absolute (workers may run in another directory)."""
+    return url if "://" in str(url) else str(Path(url).resolve())
+
+
+def join(url: str, *parts: str) -> str:
+    url = str(url)
+    if "://" in url:
+        return posixpath.join(url.rstrip("/"), *parts)
+    return str(Path(url).joinpath(*parts))
+
+
+def list_images(url: str) -> list[str]:
+    """Keys (relative POSIX paths) of the image files under url, recursively, sorted.
+
+    A url that names a single image gives that image's file name.
+    """
+    fs, root = filesystem(url)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"{url}: no such file, folder or prefix")
+    if fs.isfile(root):
+        return [posixpath.basename(root)] if _is_image(root) else []
+    root = root.rstrip("/")
+    keys = []
+    for path in fs.find(root):
+        key = posixpath.relpath(path, root)
+        if _is_image(key) and not any(part.startswith(".") for part in key.split("/")):
+            keys.append(key)
+    return sorted(keys)
+
+
+def _is_image(key: str) -> bool:
+    return posixpath.splitext(key)[1].lower() in IMAGE_SUFFIXES
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write data so that url holds either its old content or all of data, never a part of it."""
+    fs, path = filesystem(url)
+    if "file" in _protocols(fs):
+        _write_local_atomic(Path(path), data)
+    elif _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
+        fs.pipe_file(path, data)
+    else:
+        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+        fs.pipe_file(temporary, data)
+        fs.mv(temporary, path)
+
+
+def _write_local_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

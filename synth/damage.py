@@ -1,0 +1,227 @@
+"""Structured damage to the print: scratches, cracks, folds, dust, paper texture.
+
+Each operation returns (degraded image, mask). The mask is exact: True on every pixel whose value
+the damage replaced, False elsewhere, so pixels outside the mask are the input's own (folds add a
+smooth shading band beside their line, which the mask leaves out on purpose: it is recoverable
+tone, not lost content). Shapes are drawn as anti-aliased opacity layers and blended once.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy.signal import lfilter
+
+from ._util import Image, Mask, blend, per_pixel, smooth_field, to_float, to_uint8
+
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+_BRIGHT = (246.0, 242.0, 232.0)  # exposed paper base: the colour of lost emulsion
+_DARK = (28.0, 24.0, 22.0)
+
+
+def _color(image: Image, bright: bool, rng: np.random.Generator) -> np.ndarray:
+    base = np.asarray(_BRIGHT if bright else _DARK, np.float32) + rng.uniform(-8, 8)
+    return base.mean() if image.ndim == 2 else base
+
+
+def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, steps: int, step: float,
+          bend: float, memory: float) -> np.ndarray:
+    """A path of `steps` points whose turning rate is a smoothed random signal.
+
+    bend is the std of the turning impulse (radians); memory in [0, 1) how long a turn persists:
+    high memory and low bend give the long smooth arcs of scratches, low memory the jagged cracks.
+    """
+    turn = lfilter([1.0], [1.0, -memory], rng.normal(0.0, bend, steps))
+    theta = heading + np.cumsum(turn)
+    offsets = np.cumsum(np.stack([np.cos(theta), np.sin(theta)], axis=1) * step, axis=0)
+    return np.vstack([start, start + offsets])
+
+
+def _inside(points: np.ndarray, h: int, w: int, margin: float = 4.0) -> np.ndarray:
+    """Points up to the first one that leaves the image (with margin)."""
+    ok = (points[:, 0] > -margin) & (points[:, 0] < w + margin) & (points[:, 1] > -margin) & (points[:, 1] < h + margin)
+    out = np.flatnonzero(~ok)
+    return points[: out[0]] if out.size else points
+
+
+def _draw(layer: np.ndarray, points: np.ndarray, thickness: int, intensity: np.ndarray | float,
+          pieces: int = 1) -> None:
+    """Draw a polyline into a uint8 opacity layer, keeping the maximum where strokes overlap.
+
+    intensity per point (0-1) lets a stroke fade in and out along its length; the path is drawn in
+    `pieces` runs, each with its run's mean intensity.
+    """
+    if len(points) < 2:
+        return
+    intensity = np.broadcast_to(np.asarray(intensity, np.float32), (len(points),))
+    fixed = np.round(points * (1 << _SHIFT)).astype(np.int32)
+    stroke = np.zeros_like(layer)
+    for run in np.array_split(np.arange(len(points)), max(1, pieces)):
+        if len(run) < 1:
+            continue
+        run = np.append(run, min(run[-1] + 1, len(points) - 1))  # join runs without gaps
+        value = int(round(255 * float(intensity[run].mean())))
+        if value > 0:
+            cv2.polylines(stroke, [fixed[run]], False, value, thickness, cv2.LINE_AA, _SHIFT)
+    np.maximum(layer, stroke, out=layer)
+
+
+def _profile(rng: np.random.Generator, n: int, floor: float, correlation: float = 40.0) -> np.ndarray:
+    """An intensity profile along a stroke: mostly strong, sometimes fading out, in [0, 1]."""
+    wave = lfilter([1.0 - np.exp(-1 / correlation)], [1.0, -np.exp(-1 / correlation)], rng.normal(0, 3, n))
+    return np.clip(floor + (1 - floor) * (0.75 + wave), 0.0, 1.0)
+
+
+def _border_start(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, float]:
+    """A point on a random edge and a heading into the picture."""
+    side = rng.integers(4)
+    t = rng.uniform(0.05, 0.95)
+    start, inward = [(np.array([t * w, 0.0]), np.pi / 2), (np.array([t * w, h - 1.0]), -np.pi / 2),
+                     (np.array([0.0, t * h]), 0.0), (np.array([w - 1.0, t * h]), np.pi)][side]
+    return start, inward + rng.uniform(-0.6, 0.6)
+
+
+def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, dark: np.ndarray,
+                  opacity: float = 1.0) -> tuple[Image, Mask]:
+    out = image
+    for layer, is_bright in ((bright, True), (dark, False)):
+        if layer.any():
+            out = blend(out, _color(image, is_bright, rng), layer.astype(np.float32) * (opacity / 255.0))
+    mask = (bright > 0) | (dark > 0)
+    return (out if out is not image else image.copy()), mask
+
+
+def scratches(image: Image, rng: np.random.Generator, count: int, width: float = 1.0, bright: float = 0.85,
+              length: float = 0.8, curvature: float = 0.004) -> tuple[Image, Mask]:
+    """Thin scratches along long smooth curves, mostly bright (emulsion scraped off to the paper).
+
+    count scratches, `width` pixels wide, each bright with probability `bright`, of `length` times the
+    image diagonal (longer ones cross the whole picture), turning by `curvature` radians per pixel.
+    """
+    h, w = image.shape[:2]
+    diagonal = float(np.hypot(h, w))
+    layers = {True: np.zeros((h, w), np.uint8), False: np.zeros((h, w), np.uint8)}
+    for _ in range(int(count)):
+        if rng.random() < 0.6:
+            start, heading = _border_start(rng, h, w)
+        else:
+            start, heading = rng.uniform([0, 0], [w, h]), rng.uniform(0, 2 * np.pi)
+        steps = max(4, int(length * rng.uniform(0.4, 1.2) * diagonal / 2.0))
+        points = _inside(_walk(rng, start, heading, steps, 2.0, curvature * 2.0, 0.98), h, w)
+        thickness = max(1, int(round(width * rng.uniform(0.7, 1.3))))
+        _draw(layers[bool(rng.random() < bright)], points, thickness, _profile(rng, len(points), 0.3),
+              pieces=max(1, len(points) // 12))
+    return _apply_layers(image, rng, layers[True], layers[False])
+
+
+def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6, width: float = 1.0,
+           length: float = 0.5, jaggedness: float = 0.25, flakes: float = 0.3) -> tuple[Image, Mask]:
+    """Branching crack networks as in cracked emulsion: bright, jagged, forking lines.
+
+    count networks, each a trunk of `length` times the diagonal with up to `branches` forks (which fork
+    again), turning by `jaggedness` radians per step; `flakes` is the chance per fork that a chip of
+    emulsion around it is lost too.
+    """
+    h, w = image.shape[:2]
+    diagonal = float(np.hypot(h, w))
+    layer = np.zeros((h, w), np.uint8)
+    for _ in range(int(count)):
+        start, heading = _border_start(rng, h, w) if rng.random() < 0.7 else (
+            rng.uniform([0, 0], [w, h]), rng.uniform(0, 2 * np.pi))
+        todo = [(start, heading, length * diagonal * rng.uniform(0.6, 1.2), 0)]
+        budget = int(branches)
+        while todo:
+            origin, heading, reach, depth = todo.pop()
+            steps = max(3, int(reach / 3.0))
+            points = _inside(_walk(rng, origin, heading, steps, 3.0, jaggedness, 0.3), h, w)
+            thickness = max(1, int(round(width * (0.7 if depth else 1.0) * rng.uniform(0.8, 1.4))))
+            _draw(layer, points, thickness, _profile(rng, len(points), 0.6, 20.0), pieces=max(1, len(points) // 6))
+            forks = min(budget, rng.poisson(1.5 if depth < 3 else 0.3))
+            budget -= forks
+            for _ in range(forks):
+                at = points[rng.integers(len(points))] if len(points) else origin
+                side = rng.choice([-1.0, 1.0])
+                todo.append((at, heading + side * rng.uniform(0.4, 1.3), reach * rng.uniform(0.25, 0.6), depth + 1))
+                if rng.random() < flakes:
+                    _flake(layer, rng, at, width)
+    return _apply_layers(image, rng, layer, np.zeros_like(layer))
+
+
+def _flake(layer: np.ndarray, rng: np.random.Generator, at: np.ndarray, width: float) -> None:
+    """A small irregular chip of lost emulsion around a point."""
+    corners = rng.integers(5, 9)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+    radii = rng.uniform(1.0, 3.0 + 2.0 * width, corners)
+    polygon = at + np.stack([np.cos(angles), np.sin(angles)], axis=1) * radii[:, None]
+    cv2.fillPoly(layer, [np.round(polygon * (1 << _SHIFT)).astype(np.int32)], 255, cv2.LINE_AA, _SHIFT)
+
+
+def folds(image: Image, rng: np.random.Generator, count: int, width: float = 1.5,
+          shading: float = 0.12, spread: float = 12.0) -> tuple[Image, Mask]:
+    """Creases and folds: a nearly straight broken line across the print with shading beside it.
+
+    The line (`width` px, mask) is where the emulsion cracked; on either side the paper bends the light:
+    one side darker and the other lighter by up to `shading`, fading over `spread` pixels (not masked).
+    """
+    h, w = image.shape[:2]
+    layer = np.zeros((h, w), np.uint8)
+    shade = np.zeros((h, w), np.float32)
+    for _ in range(int(count)):
+        start, heading = _border_start(rng, h, w)
+        steps = int(2 * np.hypot(h, w) / 2.0)
+        points = _inside(_walk(rng, start, heading, steps, 2.0, 0.002, 0.95), h, w)
+        if len(points) < 2:
+            continue
+        line = np.zeros((h, w), np.uint8)
+        _draw(line, points, max(1, int(round(width))), _profile(rng, len(points), 0.5), pieces=len(points) // 10 + 1)
+        np.maximum(layer, line, out=layer)
+        distance = cv2.distanceTransform((line == 0).astype(np.uint8), cv2.DIST_L2, 3)
+        chord = points[-1] - points[0]
+        y, x = np.mgrid[:h, :w].astype(np.float32)
+        side = np.sign(chord[0] * (y - points[0][1]) - chord[1] * (x - points[0][0]))
+        shade += side * shading * np.exp(-distance / spread)
+    shaded = to_uint8(to_float(image) * per_pixel(1.0 + shade, image))
+    shaded[layer > 0] = image[layer > 0]  # the line itself is blended from the original below
+    out, mask = _apply_layers(shaded, rng, layer, np.zeros_like(layer))
+    return out, mask
+
+
+def dust(image: Image, rng: np.random.Generator, specks: int, blotches: int = 0, hairs: int = 0,
+         bright: float = 0.6, size: float = 1.5) -> tuple[Image, Mask]:
+    """Dust specks (dots of about `size` px), blotches (stains up to ~12 size) and hairs.
+
+    Each mark is bright (lost emulsion, dust on the negative) with probability `bright`, else dark.
+    """
+    h, w = image.shape[:2]
+    layers = {True: np.zeros((h, w), np.uint8), False: np.zeros((h, w), np.uint8)}
+    for _ in range(int(specks)):
+        centre = np.round(rng.uniform([0, 0], [w, h]) * (1 << _SHIFT)).astype(np.int32)
+        radius = int(round(max(0.5, rng.exponential(size)) * (1 << _SHIFT)))
+        cv2.circle(layers[bool(rng.random() < bright)], tuple(int(c) for c in centre), radius,
+                   int(rng.uniform(150, 256)), -1, cv2.LINE_AA, _SHIFT)
+    for _ in range(int(blotches)):
+        r = max(3, int(rng.uniform(4, 12) * size))
+        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        y0, y1, x0, x1 = max(0, cy - r), min(h, cy + r + 1), max(0, cx - r), min(w, cx + r + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        field = smooth_field(rng, (y1 - y0, x1 - x0), max(2.0, r / 2.5))
+        shape = 1.0 - np.hypot(yy - cy, xx - cx) / r + 0.35 * field
+        opacity = np.clip(shape * 4.0, 0, 1) * rng.uniform(0.4, 0.9)
+        target = layers[bool(rng.random() < bright)]
+        np.maximum(target[y0:y1, x0:x1], (opacity * 255).astype(np.uint8), out=target[y0:y1, x0:x1])
+    for _ in range(int(hairs)):
+        points = _inside(_walk(rng, rng.uniform([0, 0], [w, h]), rng.uniform(0, 2 * np.pi),
+                               int(rng.uniform(8, 30)), 1.5, 0.15, 0.9), h, w)
+        _draw(layers[bool(rng.random() < bright)], points, 1, 0.8)
+    return _apply_layers(image, rng, layers[True], layers[False])
+
+
+def paper_texture(image: Image, rng: np.random.Generator, strength: float, scale: float = 2.0) -> tuple[Image, Mask]:
+    """Paper and print-surface texture: fine multiplicative relief of +-strength.
+
+    The texture is tone, restored by the local branch rather than inpainted, so its mask is empty.
+    """
+    h, w = image.shape[:2]
+    relief = 0.7 * smooth_field(rng, (h, w), scale) + 0.3 * smooth_field(rng, (h, w), scale * 8)
+    out = to_uint8(to_float(image) * per_pixel(1.0 + strength * relief, image))
+    return out, np.zeros((h, w), bool)
