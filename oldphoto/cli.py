@@ -41,6 +41,22 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def sheet(args: argparse.Namespace) -> int:
+    from .images import decode_rgb
+    from .pairs import read_pairs
+    from .sheets import contact_sheet
+    from .storage import join, list_images, read_bytes
+
+    _settings_from(args)
+    real = [(key, decode_rgb(read_bytes(join(args.real, key)), key)) for key in list_images(args.real)] if args.real else []
+    image = contact_sheet(read_pairs(args.pairs, limit=args.count), real)
+    import cv2
+
+    cv2.imwrite(args.out, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    print(args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
@@ -56,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--degradation", default="default", help="preset (default, v2, corruptions) or JSON file")
     _add_settings(p)
     p.set_defaults(run=synth)
+
+    p = commands.add_parser("sheet", help="contact sheet of synthetic pairs beside real old photographs")
+    p.add_argument("pairs", help="folder or URL of synthesized shards")
+    p.add_argument("out", help="PNG file to write")
+    p.add_argument("--real", help="folder or URL of real old photographs to show beside them")
+    p.add_argument("--count", type=int, default=18, help="number of samples")
+    _add_settings(p)
+    p.set_defaults(run=sheet)
     return parser
 
 

@@ -25,14 +25,16 @@ def _color(image: Image, bright: bool, rng: np.random.Generator) -> np.ndarray:
 
 
 def _walk(rng: np.random.Generator, start: np.ndarray, heading: float, steps: int, step: float,
-          bend: float, memory: float) -> np.ndarray:
-    """A path of `steps` points whose turning rate is a smoothed random signal.
+          curvature: float, jitter: float = 0.0) -> np.ndarray:
+    """A path of `steps` points of `step` pixels.
 
-    bend is the std of the turning impulse (radians); memory in [0, 1) how long a turn persists:
-    high memory and low bend give the long smooth arcs of scratches, low memory the jagged cracks.
+    The heading turns at a smooth, zero-mean rate of about `curvature` radians per pixel (gentle arcs
+    that rarely loop, as a scratch dragged across the print), and each step deviates from the heading
+    by `jitter` radians without changing it (the zig-zag of a crack that still runs one way).
     """
-    turn = lfilter([1.0], [1.0, -memory], rng.normal(0.0, bend, steps))
-    theta = heading + np.cumsum(turn)
+    memory = 0.97
+    rate = lfilter([1.0], [1.0, -memory], rng.standard_normal(steps)) * np.sqrt(1 - memory**2)
+    theta = heading + np.cumsum(rate * curvature * step) + jitter * rng.standard_normal(steps)
     offsets = np.cumsum(np.stack([np.cos(theta), np.sin(theta)], axis=1) * step, axis=0)
     return np.vstack([start, start + offsets])
 
@@ -107,7 +109,7 @@ def scratches(image: Image, rng: np.random.Generator, count: int, width: float =
         else:
             start, heading = rng.uniform([0, 0], [w, h]), rng.uniform(0, 2 * np.pi)
         steps = max(4, int(length * rng.uniform(0.4, 1.2) * diagonal / 2.0))
-        points = _inside(_walk(rng, start, heading, steps, 2.0, curvature * 2.0, 0.98), h, w)
+        points = _inside(_walk(rng, start, heading, steps, 2.0, curvature), h, w)
         thickness = max(1, int(round(width * rng.uniform(0.7, 1.3))))
         _draw(layers[bool(rng.random() < bright)], points, thickness, _profile(rng, len(points), 0.3),
               pieces=max(1, len(points) // 12))
@@ -133,7 +135,7 @@ def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6
         while todo:
             origin, heading, reach, depth = todo.pop()
             steps = max(3, int(reach / 3.0))
-            points = _inside(_walk(rng, origin, heading, steps, 3.0, jaggedness, 0.3), h, w)
+            points = _inside(_walk(rng, origin, heading, steps, 3.0, 0.01, jaggedness), h, w)
             thickness = max(1, int(round(width * (0.7 if depth else 1.0) * rng.uniform(0.8, 1.4))))
             _draw(layer, points, thickness, _profile(rng, len(points), 0.6, 20.0), pieces=max(1, len(points) // 6))
             forks = min(budget, rng.poisson(1.5 if depth < 3 else 0.3))
@@ -169,7 +171,7 @@ def folds(image: Image, rng: np.random.Generator, count: int, width: float = 1.5
     for _ in range(int(count)):
         start, heading = _border_start(rng, h, w)
         steps = int(2 * np.hypot(h, w) / 2.0)
-        points = _inside(_walk(rng, start, heading, steps, 2.0, 0.002, 0.95), h, w)
+        points = _inside(_walk(rng, start, heading, steps, 2.0, 0.0005), h, w)
         if len(points) < 2:
             continue
         line = np.zeros((h, w), np.uint8)
@@ -211,7 +213,7 @@ def dust(image: Image, rng: np.random.Generator, specks: int, blotches: int = 0,
         np.maximum(target[y0:y1, x0:x1], (opacity * 255).astype(np.uint8), out=target[y0:y1, x0:x1])
     for _ in range(int(hairs)):
         points = _inside(_walk(rng, rng.uniform([0, 0], [w, h]), rng.uniform(0, 2 * np.pi),
-                               int(rng.uniform(8, 30)), 1.5, 0.15, 0.9), h, w)
+                               int(rng.uniform(8, 30)), 1.5, 0.08), h, w)
         _draw(layers[bool(rng.random() < bright)], points, 1, 0.8)
     return _apply_layers(image, rng, layers[True], layers[False])
 
