@@ -17,6 +17,7 @@ from ._util import Image, Mask, blend, per_pixel, smooth_field, to_float, to_uin
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _BRIGHT = (246.0, 242.0, 232.0)  # exposed paper base: the colour of lost emulsion
 _DARK = (28.0, 24.0, 22.0)
+_CORE_GAIN = 1.6
 
 
 def _color(image: Image, bright: bool, rng: np.random.Generator) -> np.ndarray:
@@ -88,7 +89,10 @@ def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, da
     out = image
     for layer, is_bright in ((bright, True), (dark, False)):
         if layer.any():
-            out = blend(out, _color(image, is_bright, rng), layer.astype(np.float32) * (opacity / 255.0))
+            # Anti-aliased thin strokes rarely reach full coverage; lifting the opacity gives them
+            # solid cores (as real scratches have) and keeps soft edges.
+            alpha = np.minimum(layer.astype(np.float32) * (_CORE_GAIN / 255.0), 1.0) * opacity
+            out = blend(out, _color(image, is_bright, rng), alpha)
     mask = (bright > 0) | (dark > 0)
     return (out if out is not image else image.copy()), mask
 

@@ -42,12 +42,12 @@ def uneven_illumination(image: Image, rng: np.random.Generator, strength: float,
 
 
 def vignette(image: Image, rng: np.random.Generator, strength: float, radius: float = 0.8) -> Image:
-    """Darkened corners: falloff starting at `radius` (fraction of the half-diagonal), centre jittered."""
+    """Darkened corners, by `strength` at the corners, from `radius` (fraction of the half-diagonal) outwards."""
     h, w = image.shape[:2]
     cy, cx = h / 2 * (1 + rng.uniform(-0.15, 0.15)), w / 2 * (1 + rng.uniform(-0.15, 0.15))
     y, x = np.ogrid[:h, :w]
     d = np.sqrt(((y - cy) / (h / 2)) ** 2 + ((x - cx) / (w / 2)) ** 2).astype(np.float32) / np.sqrt(2)
-    falloff = np.clip((d - radius) / max(1e-3, 1.0 - radius + 0.3), 0, 1) ** 2
+    falloff = np.clip((d - radius) / max(1e-3, 1.0 - radius), 0, 1) ** 2
     return to_uint8(to_float(image) * per_pixel(1.0 - strength * falloff, image))
 
 

@@ -1,0 +1,98 @@
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1) and one Prefect API for the run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before anything imports prefect or boto: isolated state, dummy credentials, no network probes.
+_STATE = Path(tempfile.mkdtemp(prefix="oldphoto-tests-"))
+os.environ.update({
+    "PREFECT_HOME": str(_STATE / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+    "OLDPHOTO_HOME": str(_STATE / "oldphoto"),
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+})
+os.environ.pop("PREFECT_API_URL", None)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLES = Path(__file__).resolve().parents[1] / "oldphoto" / "samples"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 for the whole run; oldphoto's settings point at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    os.environ["OLDPHOTO_S3_ENDPOINT_URL"] = url
+    from oldphoto.settings import get_settings
+
+    get_settings.cache_clear()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    """A fresh, empty bucket; returns its s3:// URL."""
+    import boto3
+
+    name = "test-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]")
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name)
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect API for the run, exported so that Dask workers use it too."""
+    from oldphoto.prefect_api import prefect_api as api
+
+    with api() as url:
+        yield url
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A 96x128 RGB test picture with edges, gradients and texture."""
+    rng = np.random.default_rng(123)
+    y, x = np.mgrid[:96, :128]
+    image = np.stack([x * 2, y * 2, (x + y) % 256], axis=2).astype(np.float32)
+    image[20:60, 30:90] = [200, 60, 40]
+    image += rng.normal(0, 4, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def clean_folder(tmp_path) -> Path:
+    """A folder of a few small clean JPEGs in nested folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "clean"
+    for i, name in enumerate(["a.jpg", "b.png", "sub/c.jpg", "sub/deeper/d.jpg"]):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = (rng.random((72 + 8 * i, 96, 3)) * 255).astype(np.uint8)
+        Image.fromarray(image).save(path)
+    return root
