@@ -12,8 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
-from oldphoto.tasks.synth import (SynthConfig, fingerprint, list_sources, probe_sources, shard_name,
-                                  synthesize_shard, write_manifest)
+from oldphoto.tasks.synth import (SynthConfig, check_destination, fingerprint, list_sources, probe_sources,
+                                  shard_name, synthesize_shard, write_manifest)
 
 PROBE_CHUNK = 64
 
@@ -43,6 +43,7 @@ def synthesize(src: str, dst: str, config: SynthConfig | None = None) -> dict[st
         raise ValueError(f"{src}: none of the {len(keys)} images could be read")
 
     dataset = fingerprint(config, readable)
+    check_destination(dst, dataset)
     shards = plan_samples(readable, config)
     progress = create_progress_artifact(0.0, key="synthesize-progress", description=f"{src} -> {dst}")
     futures = [synthesize_shard.submit(src, dst, i, samples, config, dataset) for i, samples in enumerate(shards)]

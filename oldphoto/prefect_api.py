@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 
@@ -30,6 +31,7 @@ def prefect_api(startup_timeout: int = 90) -> Iterator[str | None]:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
-        # The server itself stops at interpreter exit (it registered that with atexit at start),
-        # after Prefect's log and event workers have drained into it.
+        # Send what the log worker still holds before the API goes away.
+        APILogHandler().flush()
         os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

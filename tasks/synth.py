@@ -128,6 +128,17 @@ def _existing_shard(url: str, dataset_fingerprint: str, rows: int) -> str | None
 
 
 @task
+def check_destination(dst: str, dataset_fingerprint: str) -> None:
+    """Refuse, before any work, a destination that holds a data set made with other settings."""
+    url = storage.join(dst, "manifest.json")
+    if storage.exists(url):
+        stored = json.loads(storage.read_bytes(url)).get("fingerprint")
+        if stored != dataset_fingerprint:
+            raise FileExistsError(f"{dst} holds a data set made with other settings or sources; "
+                                  "write to another destination or remove it")
+
+
+@task
 def write_manifest(dst: str, manifest: dict[str, Any]) -> str:
     url = storage.join(dst, "manifest.json")
     storage.write_bytes_atomic(url, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,66 @@
+"""Storage helpers over fsspec, on local disk and on a real S3 endpoint (moto's server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oldphoto import storage
+from oldphoto.images import UnreadableImage, decode_rgb
+
+
+def _populate(root: str) -> None:
+    for key in ["a.jpg", "b.PNG", "notes.txt", "sub/c.tif", "sub/deep er/ü.jpeg", ".hidden/x.jpg"]:
+        storage.write_bytes_atomic(storage.join(root, key), b"x")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_list_images_recursively(where, tmp_path, request):
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("bucket") + "/photos"
+    _populate(root)
+    assert storage.list_images(root) == ["a.jpg", "b.PNG", "sub/c.tif", "sub/deep er/ü.jpeg"]
+    assert storage.list_images(storage.join(root, "a.jpg")) == ["a.jpg"]
+
+
+def test_list_images_of_a_missing_place_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        storage.list_images(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_write_then_read(where, tmp_path, request):
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("bucket")
+    url = storage.join(root, "x/y.bin")
+    storage.write_bytes_atomic(url, b"first")
+    storage.write_bytes_atomic(url, b"second")
+    assert storage.read_bytes(url) == b"second" and storage.exists(url)
+
+
+def test_local_write_is_atomic_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "out.bin"
+    storage.write_bytes_atomic(str(target), b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("os.replace", broken_replace)
+    with pytest.raises(OSError):
+        storage.write_bytes_atomic(str(target), b"new content")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_settings_reach_s3(bucket, s3_endpoint):
+    fs, _ = storage.filesystem(bucket)
+    assert fs.client_kwargs["endpoint_url"] == s3_endpoint
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"this is text, not a picture", "cannot decode"),
+    ((Path(__file__).parents[1] / "oldphoto/samples/coffee.jpg").read_bytes()[:5000], "cannot decode"),
+])
+def test_unreadable_images_name_the_key_and_reason(data, reason):
+    with pytest.raises(UnreadableImage, match=f"bad/key.jpg: {reason}"):
+        decode_rgb(data, "bad/key.jpg")
