@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from ._util import Image, luminance, per_pixel, smooth_field, to_float, to_uint8
@@ -30,7 +31,7 @@ def poisson_noise(image: Image, rng: np.random.Generator, peak: float, gray: boo
     if gray and image.ndim == 3:
         y = luminance(image) / 255.0
         noisy = rng.poisson(y * peak).astype(np.float32) / peak
-        return to_uint8((x + (noisy - y)[..., None]) * 255.0)
+        return to_uint8((x + per_pixel(noisy - y, image)) * 255.0)
     return to_uint8(rng.poisson(x * peak).astype(np.float32) / peak * 255.0)
 
 
@@ -51,18 +52,15 @@ def film_grain(image: Image, rng: np.random.Generator, strength: float, size: fl
     third in deep shadows and highlights, as in developed silver-halide emulsion.
     """
     h, w = image.shape[:2]
-    channels = 1 if mono or image.ndim == 2 else 3
-    grain = np.empty((h, w, channels), np.float32)
-    for c in range(channels):
-        if size <= 1.0:
-            grain[..., c] = rng.standard_normal((h, w), dtype=np.float32)
-        else:
-            grain[..., c] = smooth_field(rng, (h, w), size)
     y = luminance(image) / 255.0
     amplitude = strength * (0.35 + 2.6 * y * (1.0 - y))
-    grain *= amplitude[..., None]
-    if image.ndim == 2:
-        grain = grain[..., 0]
-    elif channels == 1:
-        grain = np.repeat(grain, 3, axis=2)
-    return to_uint8(to_float(image) + grain)
+
+    def grain() -> np.ndarray:
+        field = rng.standard_normal((h, w), dtype=np.float32) if size <= 1.0 else smooth_field(rng, (h, w), size)
+        return field * amplitude
+
+    if mono or image.ndim == 2:
+        noise = per_pixel(grain(), image)
+    else:
+        noise = cv2.merge([grain(), grain(), grain()])
+    return to_uint8(to_float(image) + noise)

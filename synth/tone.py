@@ -28,10 +28,11 @@ def tone(image: Image, rng: np.random.Generator, color: str, strength: float) ->
         raise ValueError(f"tone color must be one of {sorted(TONES)}, got {color!r}")
     if image.ndim == 2:  # a single-channel picture keeps its tone ramp's luminance only
         return image.copy()
-    white, black = (np.asarray(c, np.float32) for c in TONES[color])
-    y = (luminance(image) / 255.0)[..., None]
-    toned = (black + (white - black) * y) * 255.0
-    return to_uint8(to_float(image) * (1.0 - strength) + toned * strength)
+    white, black = TONES[color]
+    y = luminance(image) * (strength / 255.0)
+    # per channel: (1 - s) * x + s * 255 * (black + (white - black) * y)
+    toned = cv2.merge([y * (255.0 * (w - b)) + 255.0 * strength * b for w, b in zip(white, black)])
+    return to_uint8(to_float(image) * (1.0 - strength) + toned)
 
 
 def uneven_illumination(image: Image, rng: np.random.Generator, strength: float, scale: float = 0.5) -> Image:

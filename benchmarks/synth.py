@@ -1,0 +1,139 @@
+"""Synthesis speed at 512x512: our degradation against the paper's v2 recipe written plainly, per core,
+then end to end (encoding + Parquet) and the Dask flow on 1 and 2 workers.
+
+    .venv/bin/python benchmarks/synth.py [--images DIR] [--samples N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFilter
+
+SIZE = 512
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/clean/bsds500/train"
+
+
+def load_images(folder: Path, count: int) -> list[np.ndarray]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"})[:count]
+    return [np.asarray(Image.open(p).convert("RGB").resize((SIZE, SIZE), Image.BICUBIC)) for p in paths]
+
+
+def v2_baseline(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The paper's v2 degradation, plainly with PIL and numpy: blur, noise, low resolution, JPEG,
+    each with probability 0.7 in random order (REFERENCE section 2)."""
+    picture = Image.fromarray(image)
+
+    def blur(p):
+        return p.filter(ImageFilter.GaussianBlur(radius=rng.uniform(1, 5)))
+
+    def noise(p):
+        x = np.asarray(p, dtype=np.float64)
+        kind = rng.integers(3)
+        if kind == 0:
+            x = x + rng.normal(0, rng.uniform(5, 50), x.shape)
+        elif kind == 1:
+            x = x + x * rng.normal(0, rng.uniform(5, 50) / 255, x.shape)
+        else:
+            u = rng.random(x.shape[:2])
+            amount = rng.uniform(0, 0.01)
+            x[u < amount / 2] = 0
+            x[(u >= amount / 2) & (u < amount)] = 255
+        return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+
+    def low_resolution(p):
+        w, h = p.size
+        scale = rng.uniform(0.5, 1.0)
+        small = p.resize((int(w * scale), int(h * scale)), Image.BICUBIC)
+        return small.resize((w, h), [Image.NEAREST, Image.BILINEAR][rng.integers(2)])
+
+    def jpeg(p):
+        buffer = io.BytesIO()
+        p.save(buffer, "JPEG", quality=int(rng.integers(40, 101)))
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    operations = [blur, noise, low_resolution, jpeg]
+    for index in rng.permutation(4):
+        if rng.random() < 0.7:
+            picture = operations[index](picture)
+    return np.asarray(picture)
+
+
+def rate(function, images, samples: int) -> float:
+    function(images[0], np.random.default_rng(0))  # warm-up
+    started = time.perf_counter()
+    for i in range(samples):
+        function(images[i % len(images)], np.random.default_rng(i))
+    return samples / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--samples", type=int, default=200)
+    args = parser.parse_args()
+
+    cv2.setNumThreads(1)  # per core: one thread for OpenCV as for PIL and numpy
+    from oldphoto.images import encode_png
+    from oldphoto.synth import DegradationPipeline
+    from oldphoto.tasks.synth import SCHEMA
+
+    images = load_images(args.images, 32)
+    pipeline = DegradationPipeline()
+    damaged = [bool(pipeline(images[i % 32], np.random.default_rng(i)).mask.any()) for i in range(100)]
+
+    baseline = rate(v2_baseline, images, args.samples)
+    ours = rate(lambda im, rng: pipeline(im, rng), images, args.samples)
+    print(f"images {SIZE}x{SIZE} from {args.images}, {args.samples} samples, 1 thread")
+    print(f"(baseline) paper v2 recipe, PIL + numpy:     {baseline:7.1f} samples/s")
+    print(f"(a) oldphoto default degradation:            {ours:7.1f} samples/s  = {ours / baseline:.2f}x baseline"
+          f"  ({sum(damaged)}% of samples with structured damage)")
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def end_to_end(n: int) -> float:
+        started = time.perf_counter()
+        rows = {name: [] for name in SCHEMA.names}
+        for i in range(n):
+            d = pipeline(images[i % 32], np.random.default_rng(i))
+            for name, value in (("sample_id", i), ("source_key", f"k{i % 32}"), ("seed", i),
+                                ("clean", encode_png(d.clean)), ("degraded", encode_png(d.degraded)),
+                                ("mask", encode_png(d.mask.astype(np.uint8) * 255)), ("height", SIZE),
+                                ("width", SIZE), ("record", str(d.record))):
+                rows[name].append(value)
+        with tempfile.TemporaryDirectory() as folder:
+            pq.write_table(pa.table(rows, schema=SCHEMA), os.path.join(folder, "s.parquet"), compression="zstd")
+        return n / (time.perf_counter() - started)
+
+    print(f"(b) end to end, degrade + PNG + Parquet:     {end_to_end(args.samples // 2):7.1f} samples/s")
+
+    from oldphoto.flows.runner import dask_runner
+    from oldphoto.flows.synth import synthesize
+    from oldphoto.prefect_api import prefect_api
+    from oldphoto.tasks.synth import SynthConfig
+
+    config = SynthConfig(count=args.samples, seed=0, crop=SIZE, shard_size=16)
+    with tempfile.TemporaryDirectory() as folder, prefect_api():
+        source = Path(folder) / "src"
+        source.mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(source / f"{i:03d}.png")
+        speeds = {}
+        for workers in (1, 2):
+            summary = synthesize.with_options(task_runner=dask_runner(workers))(
+                str(source), str(Path(folder) / f"out{workers}"), config)
+            speeds[workers] = summary["samples_per_second"]
+    print(f"Dask flow, 1 worker:                         {speeds[1]:7.1f} samples/s")
+    print(f"Dask flow, 2 workers:                        {speeds[2]:7.1f} samples/s  = {speeds[2] / speeds[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
