@@ -24,11 +24,6 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return url_to_fs(str(url), **get_settings().fsspec_options(str(url)))
 
 
-def is_local(url: str) -> bool:
-    fs, _ = filesystem(url)
-    return "file" in _protocols(fs)
-
-
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
     protocol = fs.protocol
     return {protocol} if isinstance(protocol, str) else set(protocol)

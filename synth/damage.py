@@ -188,8 +188,7 @@ def folds(image: Image, rng: np.random.Generator, count: int, width: float = 1.5
         shade += side * shading * np.exp(-distance / spread)
     shaded = to_uint8(to_float(image) * per_pixel(1.0 + shade, image))
     shaded[layer > 0] = image[layer > 0]  # the line itself is blended from the original below
-    out, mask = _apply_layers(shaded, rng, layer, np.zeros_like(layer))
-    return out, mask
+    return _apply_layers(shaded, rng, layer, np.zeros_like(layer))
 
 
 def dust(image: Image, rng: np.random.Generator, specks: int, blotches: int = 0, hairs: int = 0,
