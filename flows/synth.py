@@ -25,7 +25,7 @@ def plan_samples(keys: list[str], config: SynthConfig) -> list[list[tuple[int, s
     return [samples[i : i + config.shard_size] for i in range(0, config.count, config.shard_size)]
 
 
-@flow(name="synthesize", log_prints=True)
+@flow(name="synthesize")
 def synthesize(src: str, dst: str, config: SynthConfig | None = None) -> dict[str, Any]:
     """Degrade config.count samples of the images under src and write them as Parquet shards to dst."""
     config = config or SynthConfig()

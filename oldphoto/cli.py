@@ -42,6 +42,8 @@ def synth(args: argparse.Namespace) -> int:
 
 
 def sheet(args: argparse.Namespace) -> int:
+    import cv2
+
     from .images import decode_rgb
     from .pairs import read_pairs
     from .sheets import contact_sheet
@@ -50,8 +52,6 @@ def sheet(args: argparse.Namespace) -> int:
     _settings_from(args)
     real = [(key, decode_rgb(read_bytes(join(args.real, key)), key)) for key in list_images(args.real)] if args.real else []
     image = contact_sheet(read_pairs(args.pairs, limit=args.count), real)
-    import cv2
-
     cv2.imwrite(args.out, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     print(args.out)
     return 0

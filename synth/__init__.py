@@ -6,14 +6,12 @@ from .damage import cracks, dust, folds, paper_texture, scratches
 from .noise import film_grain, gaussian_noise, poisson_noise, salt_pepper_noise, speckle_noise
 from .pipeline import OPERATIONS, PRESETS, Degraded, DegradationConfig, DegradationPipeline, Op, Stage
 from .resample import jpeg, resample
+from .sample import make_sample, random_crop, sample_seed
 from .tone import fade, halftone, tone, uneven_illumination, vignette
 
 __all__ = [
     "OPERATIONS", "PRESETS", "Degraded", "DegradationConfig", "DegradationPipeline", "Op", "Stage",
     "corruption", "cracks", "defocus_blur", "dust", "fade", "film_grain", "folds", "gaussian_blur",
-    "gaussian_noise", "halftone", "jpeg", "motion_blur", "paper_texture", "poisson_noise", "resample",
-    "salt_pepper_noise", "scratches", "speckle_noise", "tone", "uneven_illumination", "vignette",
+    "gaussian_noise", "halftone", "jpeg", "make_sample", "motion_blur", "paper_texture", "poisson_noise", "random_crop", "resample",
+    "salt_pepper_noise", "sample_seed", "scratches", "speckle_noise", "tone", "uneven_illumination", "vignette",
 ]
-from .sample import make_sample, random_crop, sample_seed  # noqa: E402
-
-__all__ += ["make_sample", "random_crop", "sample_seed"]

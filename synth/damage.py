@@ -59,9 +59,7 @@ def _draw(layer: np.ndarray, points: np.ndarray, thickness: int, intensity: np.n
     intensity = np.broadcast_to(np.asarray(intensity, np.float32), (len(points),))
     fixed = np.round(points * (1 << _SHIFT)).astype(np.int32)
     stroke = np.zeros_like(layer)
-    for run in np.array_split(np.arange(len(points)), max(1, pieces)):
-        if len(run) < 1:
-            continue
+    for run in np.array_split(np.arange(len(points)), max(1, min(pieces, len(points)))):
         run = np.append(run, min(run[-1] + 1, len(points) - 1))  # join runs without gaps
         value = int(round(255 * float(intensity[run].mean())))
         if value > 0:

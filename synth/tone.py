@@ -26,7 +26,7 @@ def tone(image: Image, rng: np.random.Generator, color: str, strength: float) ->
     """Chemical toning / yellowing: luminance mapped onto a tone ramp, mixed in by `strength`."""
     if color not in TONES:
         raise ValueError(f"tone color must be one of {sorted(TONES)}, got {color!r}")
-    if image.ndim == 2:  # a single-channel picture keeps its tone ramp's luminance only
+    if image.ndim == 2:  # toning is a colour change: a single-channel picture has none to take
         return image.copy()
     white, black = TONES[color]
     y = luminance(image) * (strength / 255.0)

@@ -66,7 +66,12 @@ def list_sources(src: str) -> list[str]:
 
 @task(retries=2, retry_delay_seconds=[1, 5])
 def probe_sources(src: str, keys: list[str]) -> list[dict[str, Any]]:
-    """Decode each source once; report which are unreadable and why."""
+    """Decode each source once; report which are unreadable and why.
+
+    A full decode (not just a header check) finds truncated files too. It is done up front, at the
+    cost of a second decode later, because the sample plan must rest on the set of readable sources
+    for the data set to be the same whichever shard meets a bad file first.
+    """
     results = []
     for key in keys:
         try:
