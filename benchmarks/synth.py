@@ -1,7 +1,7 @@
 """Synthesis speed at 512x512: our degradation against the paper's v2 recipe written plainly, per core,
 then end to end (encoding + Parquet) and the Dask flow on 1 and 2 workers.
 
-    .venv/bin/python benchmarks/synth.py [--images DIR] [--samples N]
+    .venv/bin/python benchmarks/synth.py [--images DIR] [--samples N] [--shard-size K]
 """
 
 from __future__ import annotations
@@ -66,35 +66,47 @@ def v2_baseline(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(picture)
 
 
-def rate(function, images, samples: int) -> float:
-    function(images[0], np.random.default_rng(0))  # warm-up
-    started = time.perf_counter()
+def rates(functions, images, samples: int) -> list[float]:
+    """Samples/s of each function, timed call by call in turn on the same images and seeds, so that
+    the machine's drift during the run affects them alike."""
+    for function in functions:  # warm-up
+        function(images[0], np.random.default_rng(0))
+    spent = [0.0] * len(functions)
     for i in range(samples):
-        function(images[i % len(images)], np.random.default_rng(i))
-    return samples / (time.perf_counter() - started)
+        for k, function in enumerate(functions):
+            started = time.perf_counter()
+            function(images[i % len(images)], np.random.default_rng(i))
+            spent[k] += time.perf_counter() - started
+    return [samples / s for s in spent]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--shard-size", type=int, default=32)
     args = parser.parse_args()
 
     cv2.setNumThreads(1)  # per core: one thread for OpenCV as for PIL and numpy
     from oldphoto.images import encode_png
+    from oldphoto.runtime import keep_freed_memory
     from oldphoto.synth import DegradationPipeline
     from oldphoto.tasks.synth import SCHEMA
 
     images = load_images(args.images, 32)
     pipeline = DegradationPipeline()
     damaged = [bool(pipeline(images[i % 32], np.random.default_rng(i)).mask.any()) for i in range(100)]
+    print(f"images {SIZE}x{SIZE} from {args.images}, {args.samples} samples, 1 thread; "
+          f"{sum(damaged)}% of our samples carry structured damage")
 
-    baseline = rate(v2_baseline, images, args.samples)
-    ours = rate(lambda im, rng: pipeline(im, rng), images, args.samples)
-    print(f"images {SIZE}x{SIZE} from {args.images}, {args.samples} samples, 1 thread")
-    print(f"(baseline) paper v2 recipe, PIL + numpy:     {baseline:7.1f} samples/s")
-    print(f"(a) oldphoto default degradation:            {ours:7.1f} samples/s  = {ours / baseline:.2f}x baseline"
-          f"  ({sum(damaged)}% of samples with structured damage)")
+    # Both with glibc's default allocator, then as the synthesis tasks run (keep_freed_memory).
+    for allocator in ("default allocator", "keep_freed_memory"):
+        if allocator == "keep_freed_memory":
+            keep_freed_memory()
+        baseline, ours = rates([v2_baseline, pipeline], images, args.samples)
+        print(f"[{allocator}] baseline, paper v2 recipe (PIL + numpy): {baseline:6.1f} samples/s")
+        print(f"[{allocator}] (a) oldphoto default degradation:        {ours:6.1f} samples/s"
+              f"  = {ours / baseline:.2f}x baseline")
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -115,12 +127,17 @@ def main() -> None:
 
     print(f"(b) end to end, degrade + PNG + Parquet:     {end_to_end(args.samples // 2):7.1f} samples/s")
 
+    import dask
+    from distributed import LocalCluster
+
     from oldphoto.flows.runner import dask_runner
     from oldphoto.flows.synth import synthesize
     from oldphoto.prefect_api import prefect_api
     from oldphoto.tasks.synth import SynthConfig
 
-    config = SynthConfig(count=args.samples, seed=0, crop=SIZE, shard_size=16)
+    # The flow on a running cluster of 1, then 2, single-threaded worker processes, as a deployment
+    # would use one: a small warm-up run first (worker start-up is not throughput), then the measure.
+    config = SynthConfig(count=args.samples, seed=0, crop=SIZE, shard_size=args.shard_size)
     with tempfile.TemporaryDirectory() as folder, prefect_api():
         source = Path(folder) / "src"
         source.mkdir()
@@ -128,9 +145,10 @@ def main() -> None:
             Image.fromarray(image).save(source / f"{i:03d}.png")
         speeds = {}
         for workers in (1, 2):
-            summary = synthesize.with_options(task_runner=dask_runner(workers))(
-                str(source), str(Path(folder) / f"out{workers}"), config)
-            speeds[workers] = summary["samples_per_second"]
+            with dask.config.set({"distributed.worker.profile.enabled": False}), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+                run = synthesize.with_options(task_runner=dask_runner(address=cluster.scheduler_address))
+                run(str(source), str(Path(folder) / f"warm{workers}"), config.model_copy(update={"count": 2 * workers, "shard_size": 1}))
+                speeds[workers] = run(str(source), str(Path(folder) / f"out{workers}"), config)["samples_per_second"]
     print(f"Dask flow, 1 worker:                         {speeds[1]:7.1f} samples/s")
     print(f"Dask flow, 2 workers:                        {speeds[2]:7.1f} samples/s  = {speeds[2] / speeds[1]:.2f}x")
 

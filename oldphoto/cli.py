@@ -34,7 +34,7 @@ def synth(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     config = SynthConfig(count=args.count, seed=args.seed, crop=args.crop or None, shard_size=args.shard_size,
                          degradation=DegradationConfig.load(args.degradation))
-    runner = dask_runner(args.workers, settings.dask_address)
+    runner = dask_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.synth",))
     with prefect_api():
         summary = synthesize.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
     print(json.dumps(summary, indent=2))

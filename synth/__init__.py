@@ -1,13 +1,13 @@
 """Degradation synthesis: pure functions on numpy uint8 images, and the seeded pipeline over them."""
 
+from .ageing import fade, halftone, tone, uneven_illumination, vignette
 from .blur import defocus_blur, gaussian_blur, motion_blur
+from .compression import jpeg, resample
 from .corruptions import corruption
 from .damage import cracks, dust, folds, paper_texture, scratches
 from .noise import film_grain, gaussian_noise, poisson_noise, salt_pepper_noise, speckle_noise
 from .pipeline import OPERATIONS, PRESETS, Degraded, DegradationConfig, DegradationPipeline, Op, Stage
-from .resample import jpeg, resample
 from .sample import make_sample, random_crop, sample_seed
-from .tone import fade, halftone, tone, uneven_illumination, vignette
 
 __all__ = [
     "OPERATIONS", "PRESETS", "Degraded", "DegradationConfig", "DegradationPipeline", "Op", "Stage",

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from scipy.signal import lfilter
 
-from ._util import Image, Mask, blend, per_pixel, smooth_field, to_float, to_uint8
+from ._util import Image, Mask, multiply, smooth_field, to_uint8
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _BRIGHT = (246.0, 242.0, 232.0)  # exposed paper base: the colour of lost emulsion
@@ -49,22 +49,38 @@ def _inside(points: np.ndarray, h: int, w: int, margin: float = 4.0) -> np.ndarr
 
 def _draw(layer: np.ndarray, points: np.ndarray, thickness: int, intensity: np.ndarray | float,
           pieces: int = 1) -> None:
-    """Draw a polyline into a uint8 opacity layer, keeping the maximum where strokes overlap.
+    """Draw an anti-aliased polyline into a uint8 opacity layer.
 
     intensity per point (0-1) lets a stroke fade in and out along its length; the path is drawn in
     `pieces` runs, each with its run's mean intensity.
     """
-    if len(points) < 2:
+    n = len(points)
+    if n < 2:
         return
-    intensity = np.broadcast_to(np.asarray(intensity, np.float32), (len(points),))
+    intensity = np.broadcast_to(np.asarray(intensity, np.float32), (n,))
     fixed = np.round(points * (1 << _SHIFT)).astype(np.int32)
-    stroke = np.zeros_like(layer)
-    for run in np.array_split(np.arange(len(points)), max(1, min(pieces, len(points)))):
-        run = np.append(run, min(run[-1] + 1, len(points) - 1))  # join runs without gaps
-        value = int(round(255 * float(intensity[run].mean())))
+    # run k spans points bounds[k]..bounds[k+1]; neighbouring runs share an end point, so no gaps
+    bounds = np.linspace(0, n - 1, max(1, min(pieces, n - 1)) + 1).round().astype(np.int64)
+    total = np.concatenate([[0.0], np.cumsum(intensity, dtype=np.float64)])
+    values = np.round(255 * (total[bounds[1:] + 1] - total[bounds[:-1]]) / (bounds[1:] - bounds[:-1] + 1))
+    if thickness <= 1:
+        target, offset = layer, 0
+    else:
+        # OpenCV's thick anti-aliased lines cost ten times its thin ones: draw thin within the stroke's
+        # bounding box, then widen by dilation.
+        (x0, y0), (x1, y1) = np.floor(points.min(axis=0)).astype(int), np.ceil(points.max(axis=0)).astype(int)
+        h, w = layer.shape
+        x0, y0 = max(0, x0 - thickness), max(0, y0 - thickness)
+        x1, y1 = min(w, x1 + thickness + 1), min(h, y1 + thickness + 1)
+        if x1 <= x0 or y1 <= y0:
+            return
+        target, offset = np.zeros((y1 - y0, x1 - x0), np.uint8), np.array([x0, y0]) << _SHIFT
+    for start, end, value in zip(bounds[:-1], bounds[1:], values.astype(int)):
         if value > 0:
-            cv2.polylines(stroke, [fixed[run]], False, value, thickness, cv2.LINE_AA, _SHIFT)
-    np.maximum(layer, stroke, out=layer)
+            cv2.polylines(target, [fixed[start : end + 1] - offset], False, int(value), 1, cv2.LINE_AA, _SHIFT)
+    if target is not layer:
+        widened = cv2.dilate(target, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thickness, thickness)))
+        np.maximum(layer[y0:y1, x0:x1], widened, out=layer[y0:y1, x0:x1])
 
 
 def _profile(rng: np.random.Generator, n: int, floor: float, correlation: float = 40.0) -> np.ndarray:
@@ -82,17 +98,21 @@ def _border_start(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray,
     return start, inward + rng.uniform(-0.6, 0.6)
 
 
-def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, dark: np.ndarray,
-                  opacity: float = 1.0) -> tuple[Image, Mask]:
-    out = image
+def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, dark: np.ndarray) -> tuple[Image, Mask]:
+    """Blend the bright and dark opacity layers onto a copy of the image; only their pixels are touched."""
+    out = image.copy()
     for layer, is_bright in ((bright, True), (dark, False)):
-        if layer.any():
-            # Anti-aliased thin strokes rarely reach full coverage; lifting the opacity gives them
-            # solid cores (as real scratches have) and keeps soft edges.
-            alpha = np.minimum(layer.astype(np.float32) * (_CORE_GAIN / 255.0), 1.0) * opacity
-            out = blend(out, _color(image, is_bright, rng), alpha)
-    mask = (bright > 0) | (dark > 0)
-    return (out if out is not image else image.copy()), mask
+        if not cv2.countNonZero(layer):
+            continue
+        points = cv2.findNonZero(layer)  # several times faster than np.nonzero on sparse layers
+        xs, ys = points.reshape(-1, 2).T
+        # Anti-aliased thin strokes rarely reach full coverage; lifting the opacity gives them
+        # solid cores (as real scratches have) and keeps soft edges.
+        alpha = np.minimum(layer[ys, xs].astype(np.float32) * (_CORE_GAIN / 255.0), 1.0)
+        color = _color(image, is_bright, rng)
+        pixels = out[ys, xs].astype(np.float32)
+        out[ys, xs] = to_uint8(pixels + (color - pixels) * (alpha[:, None] if image.ndim == 3 else alpha))
+    return out, (bright > 0) | (dark > 0)
 
 
 def scratches(image: Image, rng: np.random.Generator, count: int, width: float = 1.0, bright: float = 0.85,
@@ -114,7 +134,7 @@ def scratches(image: Image, rng: np.random.Generator, count: int, width: float =
         points = _inside(_walk(rng, start, heading, steps, 2.0, curvature), h, w)
         thickness = max(1, int(round(width * rng.uniform(0.7, 1.3))))
         _draw(layers[bool(rng.random() < bright)], points, thickness, _profile(rng, len(points), 0.3),
-              pieces=max(1, len(points) // 12))
+              pieces=max(1, len(points) // 25))
     return _apply_layers(image, rng, layers[True], layers[False])
 
 
@@ -139,7 +159,7 @@ def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6
             steps = max(3, int(reach / 3.0))
             points = _inside(_walk(rng, origin, heading, steps, 3.0, 0.01, jaggedness), h, w)
             thickness = max(1, int(round(width * (0.7 if depth else 1.0) * rng.uniform(0.8, 1.4))))
-            _draw(layer, points, thickness, _profile(rng, len(points), 0.6, 20.0), pieces=max(1, len(points) // 6))
+            _draw(layer, points, thickness, _profile(rng, len(points), 0.6, 20.0), pieces=max(1, len(points) // 10))
             forks = min(budget, rng.poisson(1.5 if depth < 3 else 0.3))
             budget -= forks
             for _ in range(forks):
@@ -176,15 +196,15 @@ def folds(image: Image, rng: np.random.Generator, count: int, width: float = 1.5
         points = _inside(_walk(rng, start, heading, steps, 2.0, 0.0005), h, w)
         if len(points) < 2:
             continue
-        line = np.zeros((h, w), np.uint8)
-        _draw(line, points, max(1, int(round(width))), _profile(rng, len(points), 0.5), pieces=len(points) // 10 + 1)
-        np.maximum(layer, line, out=layer)
-        distance = cv2.distanceTransform((line == 0).astype(np.uint8), cv2.DIST_L2, 3)
-        chord = points[-1] - points[0]
-        y, x = np.mgrid[:h, :w].astype(np.float32)
-        side = np.sign(chord[0] * (y - points[0][1]) - chord[1] * (x - points[0][0]))
-        shade += side * shading * np.exp(-distance / spread)
-    shaded = to_uint8(to_float(image) * per_pixel(1.0 + shade, image))
+        _draw(layer, points, max(1, int(round(width))), _profile(rng, len(points), 0.5), pieces=len(points) // 10 + 1)
+        # Folds run nearly straight, so the signed distance to their chord stands in for the distance to
+        # the drawn path: one side of the crease darker, the other lighter, fading with distance.
+        (x0, y0), (x1, y1) = points[0], points[-1]
+        length = max(1e-6, float(np.hypot(x1 - x0, y1 - y0)))
+        y, x = (axis.astype(np.float32) for axis in np.ogrid[:h, :w])
+        distance = np.float32((x1 - x0) / length) * (y - np.float32(y0)) - np.float32((y1 - y0) / length) * (x - np.float32(x0))
+        shade += np.sign(distance) * shading * np.exp(-np.abs(distance) / spread)
+    shaded = multiply(image, 1.0 + shade)
     shaded[layer > 0] = image[layer > 0]  # the line itself is blended from the original below
     return _apply_layers(shaded, rng, layer, np.zeros_like(layer))
 
@@ -197,11 +217,13 @@ def dust(image: Image, rng: np.random.Generator, specks: int, blotches: int = 0,
     """
     h, w = image.shape[:2]
     layers = {True: np.zeros((h, w), np.uint8), False: np.zeros((h, w), np.uint8)}
-    for _ in range(int(specks)):
-        centre = np.round(rng.uniform([0, 0], [w, h]) * (1 << _SHIFT)).astype(np.int32)
-        radius = int(round(max(0.5, rng.exponential(size)) * (1 << _SHIFT)))
-        cv2.circle(layers[bool(rng.random() < bright)], tuple(int(c) for c in centre), radius,
-                   int(rng.uniform(150, 256)), -1, cv2.LINE_AA, _SHIFT)
+    n = int(specks)
+    centres = np.round(rng.uniform([0, 0], [w, h], (n, 2)) * (1 << _SHIFT)).astype(int).tolist()
+    radii = np.round(np.maximum(0.5, rng.exponential(size, n)) * (1 << _SHIFT)).astype(int).tolist()
+    is_bright = (rng.random(n) < bright).tolist()
+    values = rng.integers(150, 256, n).tolist()
+    for (x, y), radius, light, value in zip(centres, radii, is_bright, values):
+        cv2.circle(layers[light], (x, y), radius, value, -1, cv2.LINE_AA, _SHIFT)
     for _ in range(int(blotches)):
         r = max(3, int(rng.uniform(4, 12) * size))
         cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
@@ -226,5 +248,4 @@ def paper_texture(image: Image, rng: np.random.Generator, strength: float, scale
     """
     h, w = image.shape[:2]
     relief = 0.7 * smooth_field(rng, (h, w), scale) + 0.3 * smooth_field(rng, (h, w), scale * 8)
-    out = to_uint8(to_float(image) * per_pixel(1.0 + strength * relief, image))
-    return out, np.zeros((h, w), bool)
+    return multiply(image, 1.0 + strength * relief), np.zeros((h, w), bool)

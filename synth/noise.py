@@ -5,34 +5,33 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ._util import Image, luminance, per_pixel, smooth_field, to_float, to_uint8
+from ._util import Image, add, luminance, multiply, smooth_field, standard_normal, to_float
 
 
 def _normal(rng: np.random.Generator, image: Image, gray: bool) -> np.ndarray:
-    shape = image.shape[:2] if gray or image.ndim == 2 else image.shape
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    return per_pixel(noise, image) if noise.ndim == 2 else noise
+    """Unit noise: one field for all channels when `gray` (or the image is grayscale), else one each."""
+    return standard_normal(rng, image.shape[:2] if gray else image.shape)
 
 
 def gaussian_noise(image: Image, rng: np.random.Generator, sigma: float, gray: bool = False) -> Image:
     """Additive white Gaussian noise; `gray` uses one noise field for all channels."""
-    return to_uint8(to_float(image) + sigma * _normal(rng, image, gray))
+    return add(image, sigma * _normal(rng, image, gray))
 
 
 def speckle_noise(image: Image, rng: np.random.Generator, sigma: float, gray: bool = False) -> Image:
     """Multiplicative noise: x + x * n, n ~ N(0, sigma / 255)."""
-    x = to_float(image)
-    return to_uint8(x + x * (sigma / 255.0) * _normal(rng, image, gray))
+    return multiply(image, 1.0 + (sigma / 255.0) * _normal(rng, image, gray))
 
 
 def poisson_noise(image: Image, rng: np.random.Generator, peak: float, gray: bool = False) -> Image:
-    """Shot noise of a sensor that counts `peak` photons at full white (lower is noisier)."""
-    x = to_float(image) / 255.0
-    if gray and image.ndim == 3:
-        y = luminance(image) / 255.0
-        noisy = rng.poisson(y * peak).astype(np.float32) / peak
-        return to_uint8((x + per_pixel(noisy - y, image)) * 255.0)
-    return to_uint8(rng.poisson(x * peak).astype(np.float32) / peak * 255.0)
+    """Shot noise of a sensor that counts `peak` photons at full white (lower is noisier).
+
+    Drawn as Gaussian noise with the Poisson variance (signal / peak): the usual approximation,
+    exact in mean and variance, and about ten times faster than sampling Poisson counts.
+    """
+    level = luminance(image) if gray else to_float(image)
+    sigma = np.sqrt(level * (255.0 / peak))
+    return add(image, sigma * standard_normal(rng, sigma.shape))
 
 
 def salt_pepper_noise(image: Image, rng: np.random.Generator, amount: float, salt: float = 0.5) -> Image:
@@ -56,11 +55,7 @@ def film_grain(image: Image, rng: np.random.Generator, strength: float, size: fl
     amplitude = strength * (0.35 + 2.6 * y * (1.0 - y))
 
     def grain() -> np.ndarray:
-        field = rng.standard_normal((h, w), dtype=np.float32) if size <= 1.0 else smooth_field(rng, (h, w), size)
+        field = standard_normal(rng, (h, w)) if size <= 1.0 else smooth_field(rng, (h, w), size)
         return field * amplitude
 
-    if mono or image.ndim == 2:
-        noise = per_pixel(grain(), image)
-    else:
-        noise = cv2.merge([grain(), grain(), grain()])
-    return to_uint8(to_float(image) + noise)
+    return add(image, grain() if mono or image.ndim == 2 else cv2.merge([grain(), grain(), grain()]))

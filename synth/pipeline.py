@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from . import blur, damage, noise, resample, tone
-from ._util import Image, Mask, check_image, luminance, to_uint8
+from . import ageing, blur, compression, damage, noise
+from ._util import Image, Mask, check_image
 from .corruptions import NAMES as CORRUPTION_NAMES
 from .corruptions import corruption
 
@@ -34,13 +35,13 @@ OPERATIONS: dict[str, tuple[Callable[..., Any], bool]] = {
     "speckle_noise": (noise.speckle_noise, False),
     "salt_pepper_noise": (noise.salt_pepper_noise, False),
     "film_grain": (noise.film_grain, False),
-    "jpeg": (resample.jpeg, False),
-    "resample": (resample.resample, False),
-    "fade": (tone.fade, False),
-    "tone": (tone.tone, False),
-    "uneven_illumination": (tone.uneven_illumination, False),
-    "vignette": (tone.vignette, False),
-    "halftone": (tone.halftone, False),
+    "jpeg": (compression.jpeg, False),
+    "resample": (compression.resample, False),
+    "fade": (ageing.fade, False),
+    "tone": (ageing.tone, False),
+    "uneven_illumination": (ageing.uneven_illumination, False),
+    "vignette": (ageing.vignette, False),
+    "halftone": (ageing.halftone, False),
     "corruption": (corruption, False),
     "scratches": (damage.scratches, True),
     "cracks": (damage.cracks, True),
@@ -144,7 +145,7 @@ class DegradationPipeline:
         check_image(image)
         gray = bool(rng.random() < self.config.grayscale)
         if gray and image.ndim == 3:
-            image = np.repeat(to_uint8(luminance(image))[..., None], 3, axis=2)
+            image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         clean = image
         mask = np.zeros(image.shape[:2], bool)
         applied: list[dict[str, Any]] = []

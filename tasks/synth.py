@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_rgb, encode_png
+from oldphoto.runtime import keep_freed_memory
 from oldphoto.synth import DegradationConfig, DegradationPipeline, make_sample, sample_seed
 
 SCHEMA = pa.schema([
@@ -90,7 +91,10 @@ def synthesize_shard(src: str, dst: str, shard: int, samples: list[tuple[int, st
     existing = _existing_shard(url, dataset_fingerprint, len(samples))
     if existing is not None:
         return {"shard": shard, "rows": len(samples), "sha256": existing, "skipped": True, "seconds": 0.0}
-    cv2.setNumThreads(1)  # one Dask thread per core; OpenCV's own pool would oversubscribe
+    # One Dask worker per core: OpenCV's and Arrow's own thread pools would oversubscribe it.
+    cv2.setNumThreads(1)
+    pa.set_cpu_count(1)
+    keep_freed_memory()
     started = time.perf_counter()
     pipeline = DegradationPipeline(config.degradation)
     columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from oldphoto import storage
@@ -64,3 +65,22 @@ def test_settings_reach_s3(bucket, s3_endpoint):
 def test_unreadable_images_name_the_key_and_reason(data, reason):
     with pytest.raises(UnreadableImage, match=f"bad/key.jpg: {reason}"):
         decode_rgb(data, "bad/key.jpg")
+
+
+@pytest.mark.parametrize("shape", [(40, 56, 3), (40, 56)])
+def test_png_round_trip_is_lossless(shape):
+    from oldphoto.images import decode_png, encode_png
+
+    image = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    data = encode_png(image)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and encode_png(image) == data
+    np.testing.assert_array_equal(decode_png(data), image)
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    from oldphoto.runtime import keep_freed_memory
+
+    expected = platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected and keep_freed_memory() is expected

@@ -189,3 +189,23 @@ def test_corruption_severity_is_checked():
         synth.corruption(image, np.random.default_rng(0), "fog", 6)
     with pytest.raises(ValueError, match="unknown corruption"):
         synth.corruption(image, np.random.default_rng(0), "rain", 1)
+
+
+def test_poisson_noise_has_the_shot_noise_variance():
+    flat = np.full((256, 256, 3), 128, np.uint8)
+    out = run("poisson_noise", flat, 0, peak=50.0).astype(float)
+    assert out.std() == pytest.approx(np.sqrt(128 * 255 / 50.0), rel=0.05)
+    assert abs(out.mean() - 128) < 0.5
+
+
+def test_noise_depends_only_on_the_generator_even_across_threads():
+    """OpenCV draws the noise; its per-thread state is reseeded from our generator on every call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    flat = np.full((128, 128, 3), 100, np.uint8)
+    alone = [run("gaussian_noise", flat, seed, sigma=10.0) for seed in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda seed: run("gaussian_noise", flat, seed, sigma=10.0), range(8)))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(alone[0], alone[1])
