@@ -189,7 +189,8 @@ def folds(image: Image, rng: np.random.Generator, count: int, width: float = 1.5
     """
     h, w = image.shape[:2]
     layer = np.zeros((h, w), np.uint8)
-    shade = np.zeros((h, w), np.float32)
+    gh, gw = -(-h // 4), -(-w // 4)
+    shade = np.zeros((gh, gw), np.float32)
     for _ in range(int(count)):
         start, heading = _border_start(rng, h, w)
         steps = int(2 * np.hypot(h, w) / 2.0)
@@ -201,9 +202,13 @@ def folds(image: Image, rng: np.random.Generator, count: int, width: float = 1.5
         # the drawn path: one side of the crease darker, the other lighter, fading with distance.
         (x0, y0), (x1, y1) = points[0], points[-1]
         length = max(1e-6, float(np.hypot(x1 - x0, y1 - y0)))
-        y, x = (axis.astype(np.float32) for axis in np.ogrid[:h, :w])
-        distance = np.float32((x1 - x0) / length) * (y - np.float32(y0)) - np.float32((y1 - y0) / length) * (x - np.float32(x0))
+        y, x = (axis.astype(np.float32) * 4 + 1.5 for axis in np.ogrid[:gh, :gw])  # coarse cell centres
+        dx, dy = np.float32((x1 - x0) / length), np.float32((y1 - y0) / length)
+        distance = dx * (y - np.float32(y0)) - dy * (x - np.float32(x0))
         shade += np.sign(distance) * shading * np.exp(-np.abs(distance) / spread)
+    # The shading is smooth but for its sign change on the line, which the line's own pixels cover,
+    # so it is computed on a grid 4x coarser and resized up.
+    shade = cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR)
     shaded = multiply(image, 1.0 + shade)
     shaded[layer > 0] = image[layer > 0]  # the line itself is blended from the original below
     return _apply_layers(shaded, rng, layer, np.zeros_like(layer))
@@ -247,5 +252,10 @@ def paper_texture(image: Image, rng: np.random.Generator, strength: float, scale
     The texture is tone, restored by the local branch rather than inpainted, so its mask is empty.
     """
     h, w = image.shape[:2]
-    relief = 0.7 * smooth_field(rng, (h, w), scale) + 0.3 * smooth_field(rng, (h, w), scale * 8)
-    return multiply(image, 1.0 + strength * relief), np.zeros((h, w), bool)
+    relief = smooth_field(rng, (h, w), scale)
+    relief *= 0.7 * strength
+    relief += 1.0
+    # the coarse undulation is smooth: made on a grid 8x smaller, then resized up
+    coarse = smooth_field(rng, (h // 8 + 2, w // 8 + 2), scale) * (0.3 * strength)
+    relief += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    return multiply(image, relief), np.zeros((h, w), bool)

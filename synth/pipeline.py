@@ -182,7 +182,7 @@ DEFAULT = DegradationConfig(
                 _op("defocus_blur", radius=[0.8, 3.0]),
                 _op("motion_blur", length=[2.0, 8.0], angle=[0.0, 180.0]),
             ]),
-            _op("resample", 0.5, scale=[0.35, 1.0], down={"choice": ["area", "bilinear"]},
+            _op("resample", 0.5, scale=[0.35, 1.0], down={"choice": ["bilinear", "bicubic"]},
                 up={"choice": ["bilinear", "bicubic", "nearest"]}),
             Op(p=0.6, one_of=[
                 _op("gaussian_noise", sigma=[2.0, 20.0], gray={"choice": [True, False]}),
