@@ -130,7 +130,7 @@ def main() -> None:
     import dask
     from distributed import LocalCluster
 
-    from oldphoto.flows.runner import dask_runner
+    from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG, dask_runner
     from oldphoto.flows.synth import synthesize
     from oldphoto.prefect_api import prefect_api
     from oldphoto.tasks.synth import SynthConfig
@@ -145,7 +145,7 @@ def main() -> None:
             Image.fromarray(image).save(source / f"{i:03d}.png")
         speeds = {}
         for workers in (1, 2):
-            with dask.config.set({"distributed.worker.profile.enabled": False}), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
                 run = synthesize.with_options(task_runner=dask_runner(address=cluster.scheduler_address))
                 run(str(source), str(Path(folder) / f"warm{workers}"), config.model_copy(update={"count": 2 * workers, "shard_size": 1}))
                 speeds[workers] = run(str(source), str(Path(folder) / f"out{workers}"), config)["samples_per_second"]
