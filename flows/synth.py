@@ -16,6 +16,7 @@ from oldphoto.tasks.synth import (SynthConfig, check_destination, fingerprint, l
                                   shard_name, synthesize_shard, write_manifest)
 
 PROBE_CHUNK = 64
+PROGRESS_EVERY_S = 5.0
 
 
 def plan_samples(keys: list[str], config: SynthConfig) -> list[list[tuple[int, str]]]:
@@ -47,15 +48,19 @@ def synthesize(src: str, dst: str, config: SynthConfig | None = None) -> dict[st
     shards = plan_samples(readable, config)
     progress = create_progress_artifact(0.0, key="synthesize-progress", description=f"{src} -> {dst}")
     futures = [synthesize_shard.submit(src, dst, i, samples, config, dataset) for i, samples in enumerate(shards)]
-    results, done = [], 0
+    results, done, reported = [], 0, 0.0
     for future in as_completed(futures):
         result = future.result()
         results.append(result)
         done += result["rows"]
-        rate = done / max(1e-9, time.perf_counter() - started)
-        logger.info("shard %s %s: %d/%d samples, %.1f samples/s", result["shard"],
-                    "already complete" if result["skipped"] else "written", done, config.count, rate)
-        update_progress_artifact(progress, 100.0 * done / config.count)
+        now = time.perf_counter()
+        # Report at most every few seconds: each report is a call to the Prefect API, and on a small
+        # machine the API server's work comes out of the workers' share.
+        if now - reported >= PROGRESS_EVERY_S or done == config.count:
+            reported = now
+            logger.info("%d/%d samples (%d/%d shards), %.1f samples/s", done, config.count, len(results),
+                        len(shards), done / max(1e-9, now - started))
+            update_progress_artifact(progress, 100.0 * done / config.count)
     results.sort(key=lambda r: r["shard"])
 
     manifest = {
