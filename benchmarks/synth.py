@@ -1,7 +1,7 @@
 """Synthesis speed at 512x512: our degradation against the paper's v2 recipe written plainly, per core,
 then end to end (encoding + Parquet) and the Dask flow on 1 and 2 workers.
 
-    .venv/bin/python benchmarks/synth.py [--images DIR] [--samples N] [--shard-size K]
+    .venv/bin/python benchmarks/synth.py [--images DIR] [--samples N] [--shard-size K] [--rounds R]
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="1- and 2-worker measurements, in turn")
     args = parser.parse_args()
 
     cv2.setNumThreads(1)  # per core: one thread for OpenCV as for PIL and numpy
@@ -137,21 +139,25 @@ def main() -> None:
 
     # The flow on a running cluster of 1, then 2, single-threaded worker processes, as a deployment
     # would use one: a small warm-up run first (worker start-up is not throughput), then the measure.
+    # The pair is measured --rounds times in turn, as this machine's speed drifts by 10-20% over a run.
     config = SynthConfig(count=args.samples, seed=0, crop=SIZE, shard_size=args.shard_size)
+    ratios = []
     with tempfile.TemporaryDirectory() as folder, prefect_api():
         source = Path(folder) / "src"
         source.mkdir()
         for i, image in enumerate(images):
             Image.fromarray(image).save(source / f"{i:03d}.png")
-        speeds = {}
-        for workers in (1, 2):
-            with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-                run = synthesize.with_options(task_runner=dask_runner(address=cluster.scheduler_address))
-                run(str(source), str(Path(folder) / f"warm{workers}"), config.model_copy(update={"count": 2 * workers, "shard_size": 1}))
-                speeds[workers] = run(str(source), str(Path(folder) / f"out{workers}"), config)["samples_per_second"]
-    print(f"Dask flow, 1 worker:                         {speeds[1]:7.1f} samples/s")
-    print(f"Dask flow, 2 workers:                        {speeds[2]:7.1f} samples/s  = {speeds[2] / speeds[1]:.2f}x")
-
+        for round_ in range(args.rounds):
+            speeds = {}
+            for workers in (1, 2):
+                with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+                    run = synthesize.with_options(task_runner=dask_runner(address=cluster.scheduler_address))
+                    run(str(source), str(Path(folder) / f"warm{round_}-{workers}"), config.model_copy(update={"count": 2 * workers, "shard_size": 1}))
+                    speeds[workers] = run(str(source), str(Path(folder) / f"out{round_}-{workers}"), config)["samples_per_second"]
+            ratios.append(speeds[2] / speeds[1])
+            print(f"Dask flow, round {round_ + 1}: 1 worker {speeds[1]:6.1f} samples/s, "
+                  f"2 workers {speeds[2]:6.1f} samples/s = {ratios[-1]:.2f}x", flush=True)
+    print(f"Dask flow, 2 workers against 1, median of {args.rounds} rounds: {statistics.median(ratios):.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,26 @@
+"""Building blocks shared by the networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
+    """A convolution that keeps the size (at stride 1) with reflection padding, as image models do."""
+    return nn.Conv2d(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2, padding_mode="reflect")
+
+
+def norm(channels: int) -> nn.Module:
+    # Instance norm without affine parameters, as the reference VAEs and mapping use.
+    return nn.InstanceNorm2d(channels, affine=False)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(conv(channels, channels), norm(channels), nn.ReLU(inplace=True),
+                                  conv(channels, channels), norm(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)

@@ -1,0 +1,112 @@
+"""Typed configuration of the networks and their training, with the three named presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STAGES = ("vae_a", "vae_b", "mapping", "scratch")
+Stage = Literal["vae_a", "vae_b", "mapping", "scratch"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VAEConfig(_Strict):
+    channels: int = Field(16, gt=0, description="width of the first convolution; doubles per downsampling")
+    downsamples: int = Field(2, ge=1, description="latent at 1/2**downsamples of the input resolution")
+    latent_channels: int = Field(64, gt=0)
+    blocks: int = Field(2, ge=0, description="residual blocks on each side of the latent")
+
+
+class MappingConfig(_Strict):
+    channels: int = Field(128, gt=0)
+    blocks: int = Field(2, ge=1, description="residual blocks of the local branch, then as many after fusion")
+    attention_channels: int = Field(32, gt=0, description="width of theta and phi in the non-local block")
+    query_chunk: int = Field(4096, gt=0, description="queries per step of the partial non-local attention")
+
+
+class ScratchConfig(_Strict):
+    channels: int = Field(16, gt=0, description="width of the first U-Net level; doubles per level")
+    depth: int = Field(3, ge=1, description="downsamplings of the U-Net")
+    threshold: float = Field(0.4, gt=0, lt=1, description="on the sigmoid, as the reference detector")
+
+
+class DiscriminatorConfig(_Strict):
+    channels: int = Field(32, gt=0)
+    layers: int = Field(3, ge=1, description="stride-2 layers of each PatchGAN")
+    scales: int = Field(2, ge=1, description="image scales of the multi-scale discriminator")
+
+
+class LossWeights(_Strict):
+    kl: float = 1.0
+    l1: float = 10.0
+    gan: float = 1.0
+    latent_gan: float = 1.0
+    feature_matching: float = 10.0
+    vgg: float = 10.0
+    latent_l1: float = 60.0
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(2000, gt=0, description="optimizer steps per stage")
+    batch_size: int = Field(8, gt=0)
+    crop: int = Field(128, ge=16, description="random square crop of each training image")
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = Field(0, ge=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    log_every: int = Field(50, gt=0, description="steps between metric logs")
+    image_every: int = Field(500, gt=0, description="steps between sample grids")
+    checkpoint_every: int = Field(200, gt=0)
+    vgg_weights: str | None = Field(None, description="local path or URL of VGG19 ImageNet weights; none: VGG loss off")
+    weights: LossWeights = Field(default_factory=LossWeights)
+
+
+class ModelConfig(_Strict):
+    """Everything that determines the networks' shapes, plus how to train them."""
+
+    name: str = "default"
+    vae: VAEConfig = Field(default_factory=VAEConfig)
+    mapping: MappingConfig = Field(default_factory=MappingConfig)
+    scratch: ScratchConfig = Field(default_factory=ScratchConfig)
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @classmethod
+    def load(cls, name_or_path: str) -> "ModelConfig":
+        """A preset name (paper, default, tiny) or a JSON file of a ModelConfig."""
+        if name_or_path in PRESETS:
+            return PRESETS[name_or_path].model_copy(deep=True)
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"model config {name_or_path!r}: neither a preset ({', '.join(PRESETS)}) nor a file")
+        return cls.model_validate(json.loads(path.read_text()))
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The reference release: 64 base channels, 64-channel latent at 1/4, mapping 512 wide with 6 blocks.
+    "paper": ModelConfig(
+        name="paper",
+        vae=VAEConfig(channels=64, downsamples=2, latent_channels=64, blocks=4),
+        mapping=MappingConfig(channels=512, blocks=3, attention_channels=64),
+        scratch=ScratchConfig(channels=64, depth=4),
+        discriminator=DiscriminatorConfig(channels=64, layers=3, scales=2),
+        train=TrainConfig(crop=256, batch_size=8),
+    ),
+    # What we ship: the whole restore path under 1 MFLOP per input pixel (see tests/test_model.py).
+    "default": ModelConfig(name="default"),
+    # For tests: a few steps in seconds on a CPU.
+    "tiny": ModelConfig(
+        name="tiny",
+        vae=VAEConfig(channels=8, downsamples=2, latent_channels=8, blocks=1),
+        mapping=MappingConfig(channels=16, blocks=1, attention_channels=8, query_chunk=64),
+        scratch=ScratchConfig(channels=4, depth=2),
+        discriminator=DiscriminatorConfig(channels=8, layers=2, scales=2),
+        train=TrainConfig(steps=4, batch_size=2, crop=32, log_every=1, image_every=2, checkpoint_every=2),
+    ),
+}

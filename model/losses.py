@@ -1,0 +1,85 @@
+"""Losses of the three stages and the scratch detector."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kl_divergence(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(log_variance)) || N(0, I)), averaged over latent elements."""
+    return 0.5 * torch.mean(mean.pow(2) + log_variance.exp() - 1.0 - log_variance)
+
+
+def lsgan(scores: torch.Tensor | list, target: float) -> torch.Tensor:
+    """Least-squares GAN loss of discriminator scores against target (1 real, 0 fake). Takes one score
+    map or the output of MultiscaleDiscriminator (the last feature of each scale is its scores)."""
+    if isinstance(scores, torch.Tensor):
+        return torch.mean((scores.float() - target) ** 2)
+    return sum(torch.mean((scale[-1].float() - target) ** 2) for scale in scores) / len(scores)
+
+
+def feature_matching(fake: list[list[torch.Tensor]], real: list[list[torch.Tensor]]) -> torch.Tensor:
+    """L1 between the discriminator's intermediate features of generated and real images."""
+    total = sum(F.l1_loss(f.float(), r.detach().float()) for fs, rs in zip(fake, real) for f, r in zip(fs[:-1], rs[:-1]))
+    return total / len(fake)
+
+
+def bce_dice(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice: BCE for every pixel, Dice against the rarity of damage."""
+    logits, target = logits.float(), target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    dims = tuple(range(1, p.ndim))
+    dice = 1 - (2 * (p * target).sum(dims) + 1) / (p.sum(dims) + target.sum(dims) + 1)
+    return bce + dice_weight * dice.mean()
+
+
+def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+    """Focal loss: cross-entropy down-weighted on pixels already classified well."""
+    logits, target = logits.float(), target.float()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_true = torch.exp(-ce)
+    weight = alpha * target + (1 - alpha) * (1 - target)
+    return torch.mean(weight * (1 - p_true) ** gamma * ce)
+
+
+# VGG19's convolution widths ("M" = max pooling), as torchvision numbers its `features` layers, so
+# that ImageNet weights saved from torchvision load as they are.
+VGG19_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
+# relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 and their weights in the perceptual loss (pix2pixHD's).
+VGG_LAYERS = {1: 1 / 32, 6: 1 / 16, 11: 1 / 8, 20: 1 / 4, 29: 1.0}
+
+
+class VGGLoss(nn.Module):
+    """Perceptual loss: weighted L1 between VGG19 features of two images in [-1, 1]."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for width in VGG19_LAYOUT:
+            if width == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=False)]
+                in_channels = width
+        self.features = nn.Sequential(*layers)
+        weights = {k.removeprefix("features."): v for k, v in state_dict.items() if not k.startswith("classifier.")}
+        self.features.load_state_dict(weights)
+        self.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([fake, real])
+        x = ((x + 1) / 2 - self.mean) / self.std
+        loss, n = 0.0, len(fake)
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in VGG_LAYERS:
+                loss = loss + VGG_LAYERS[i] * F.l1_loss(x[:n].float(), x[n:].detach().float())
+                if i == max(VGG_LAYERS):
+                    break
+        return loss

@@ -1,0 +1,94 @@
+"""The restore path as one module: scratch detector, E_RX (VAE_A's encoder), mapping, G_Y (VAE_B's
+decoder); saved and loaded as a bundle of plain tensors and the config (safe with weights_only)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .device import autocast
+from .mapping import Mapping, latent_mask
+from .scratch import ScratchDetector
+from .vae import VAE, Decoder, Encoder
+
+BUNDLE_FORMAT = "oldphoto-restorer/1"
+ScratchMode = Literal["auto", "on", "off"]
+
+
+class RestorerNetwork(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.scratch = ScratchDetector(config.scratch)
+        self.encoder = Encoder(config.vae)
+        self.mapping = Mapping(config.mapping, config.vae.latent_channels)
+        self.decoder = Decoder(config.vae)
+        self.multiple = 2**config.vae.downsamples
+
+    @classmethod
+    def from_stages(cls, config: ModelConfig, vae_a: VAE, vae_b: VAE, mapping: Mapping,
+                    scratch: ScratchDetector) -> "RestorerNetwork":
+        network = cls(config)
+        network.encoder.load_state_dict(vae_a.encoder.state_dict())
+        network.decoder.load_state_dict(vae_b.decoder.state_dict())
+        network.mapping.load_state_dict(mapping.state_dict())
+        network.scratch.load_state_dict(scratch.state_dict())
+        return network.eval()
+
+    def detect(self, image: torch.Tensor) -> torch.Tensor:
+        """Damage mask (B x 1 x H x W, 0/1) of images in [-1, 1]."""
+        gray = (0.299 * image[:, :1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3])
+        return (torch.sigmoid(self.scratch(gray).float()) > self.config.scratch.threshold).float()
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [-1, 1], H and W multiples of 2**downsamples; mask None: the local branch only."""
+        mean, _ = self.encoder(image)
+        if mask is not None:
+            mask = latent_mask(mask, mean.shape[-2:])
+        return self.decoder(self.mapping(mean, mask))
+
+    def bundle(self) -> dict[str, Any]:
+        return {"format": BUNDLE_FORMAT, "config": self.config.model_dump_json(),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_bundle(cls, bundle: dict[str, Any]) -> "RestorerNetwork":
+        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"not an oldphoto restorer bundle (expected format {BUNDLE_FORMAT!r})")
+        network = cls(ModelConfig.model_validate_json(bundle["config"]))
+        network.load_state_dict(bundle["state_dict"])
+        return network.eval()
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x 3 (or H x W gray) -> 1 x 3 x H x W in [-1, 1]."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    return tensor[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+@torch.inference_mode()
+def restore_whole(network: RestorerNetwork, image: np.ndarray, scratch: ScratchMode = "auto",
+                  dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Restore one uint8 image in one piece (the tiled engine builds on this): restored image, mask."""
+    device = next(network.parameters()).device
+    h, w = image.shape[:2]
+    x = to_tensor(image).to(device)
+    m = network.multiple
+    x = nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
+    with autocast(device, dtype):
+        mask = network.detect(x) if scratch != "off" else torch.zeros_like(x[:, :1])
+        use_global = scratch == "on" or bool(mask.any())
+        out = network(x, mask if use_global else None)
+    restored = to_image(out[..., :h, :w])
+    if image.ndim == 2:
+        restored = np.round(restored.mean(axis=2)).astype(np.uint8)
+    return restored, mask[0, 0, :h, :w].bool().cpu().numpy()

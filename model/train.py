@@ -1,0 +1,296 @@
+"""Trainers of the four stages, in plain torch. Each holds its networks and optimizers, takes one
+step on a batch, and saves and restores its whole state (networks, optimizers, scaler, step, RNG)
+so that a killed run resumes where it stopped. DistributedDataParallel when torch.distributed is up."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .config import ModelConfig
+from .device import autocast
+from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
+from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
+from .mapping import Mapping, latent_mask
+from .scratch import ScratchDetector
+from .vae import VAE
+
+Batch = dict[str, torch.Tensor]
+
+
+def _distributed(module: nn.Module, device: torch.device) -> nn.Module:
+    if dist.is_available() and dist.is_initialized():
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return module
+
+
+class StageTrainer:
+    """Shared machinery: optimizers, mixed precision, state. Subclasses define the networks and step()."""
+
+    stage: str
+    # Which batch keys the stage needs: "pairs" (synthetic), "real" (real old photos).
+    needs: tuple[str, ...] = ("pairs",)
+
+    def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype,
+                 frozen: dict[str, nn.Module] | None = None, vgg: VGGLoss | None = None):
+        self.config, self.device, self.dtype = config, device, dtype
+        self.w = config.train.weights
+        self.vgg = vgg.to(device) if vgg is not None else None
+        self.frozen = {k: m.to(device).eval().requires_grad_(False) for k, m in (frozen or {}).items()}
+        self.trained: dict[str, nn.Module] = {k: m.to(device) for k, m in self.build().items()}
+        self.wrapped = {k: _distributed(m, device) for k, m in self.trained.items()}
+        self.optimizers = {k: torch.optim.Adam(m.parameters(), lr=config.train.lr, betas=config.train.betas)
+                           for k, m in self.trained.items()}
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.step_count = 0
+
+    def build(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        for module in self.trained.values():
+            module.train()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        metrics = {k: float(v.detach()) for k, v in self.losses(batch).items()}
+        self.scaler.update()
+        self.step_count += 1
+        return metrics
+
+    def _gan_step(self, real: torch.Tensor, fake: torch.Tensor, name: str = "image_discriminator") -> float:
+        """One least-squares update of an image discriminator on real and fake in one forward pass
+        (one pass, so that DistributedDataParallel sees each parameter once per backward)."""
+        with self.autocast():
+            scores = self.wrapped[name](torch.cat([real, fake.detach()]))
+            n = len(real)
+            loss = 0.5 * (lsgan([[s[:n] for s in scale] for scale in scores], 1.0) +
+                          lsgan([[s[n:] for s in scale] for scale in scores], 0.0))
+        self._update(name, loss)
+        return float(loss.detach())
+
+    def _generator_image_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """GAN, discriminator feature matching and VGG terms for the generator; the discriminator is
+        used unwrapped and frozen here, so that its parameters take no gradient from this pass."""
+        discriminator = self.trained["image_discriminator"].requires_grad_(False)
+        fake_features = discriminator(fake)
+        with torch.no_grad():
+            real_features = discriminator(real)
+        discriminator.requires_grad_(True)
+        terms = {"gan": lsgan(fake_features, 1.0), "feature_matching": feature_matching(fake_features, real_features)}
+        if self.vgg is not None:
+            terms["vgg"] = self.vgg(fake, real)
+        return terms
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(getattr(self.w, k) * v for k, v in terms.items())
+
+    # --- state ---
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "step": self.step_count,
+                "modules": {k: m.state_dict() for k, m in self.trained.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["stage"] != self.stage:
+            raise ValueError(f"checkpoint of stage {state['stage']!r} given to the {self.stage!r} trainer")
+        for k, m in self.trained.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step_count = state["step"]
+
+    @torch.no_grad()
+    def preview(self, batch: Batch) -> np.ndarray:
+        """A grid, one row per sample (at most 4): input | output | target, uint8."""
+        batch = {k: v[:4].to(self.device) for k, v in batch.items()}
+        for module in self.trained.values():
+            module.eval()
+        with self.autocast():
+            columns = self.preview_columns(batch)
+        rows = torch.cat([c.float().expand(-1, 3, -1, -1) if c.shape[1] == 1 else c.float() for c in columns], dim=3)
+        grid = torch.cat(list(rows), dim=1)
+        return grid.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class VAETrainer(StageTrainer):
+    """vae_b: clean photos. KL + L1 reconstruction + image GAN with feature matching (+ VGG)."""
+
+    stage = "vae_b"
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"vae": VAE(self.config.vae), "image_discriminator": MultiscaleDiscriminator(self.config.discriminator)}
+
+    def images(self, batch: Batch) -> torch.Tensor:
+        return batch["clean"]
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x = self.images(batch)
+        with self.autocast():
+            recon, _, mean, log_variance = self.wrapped["vae"](x)
+        d_loss = self._gan_step(x, recon)
+        with self.autocast():
+            terms = {"kl": kl_divergence(mean.float(), log_variance.float()), "l1": nn.functional.l1_loss(recon.float(), x)}
+            terms |= self._generator_image_terms(recon, x)
+        terms |= self.latent_terms(mean, batch)
+        total = self._weighted(terms)
+        self._update("vae", total)
+        return {"total": total, "discriminator": torch.tensor(d_loss), **terms}
+
+    def latent_terms(self, mean: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        x = self.images(batch)
+        return [x, self.trained["vae"](x)[0], x]
+
+
+class VAEATrainer(VAETrainer):
+    """vae_a: synthetic degraded photos and real old photos together, plus the latent adversarial loss
+    that makes their latents indistinguishable (closing the domain gap between X and R)."""
+
+    stage = "vae_a"
+    needs = ("pairs", "real")
+
+    def build(self) -> dict[str, nn.Module]:
+        modules = super().build()
+        modules["latent_discriminator"] = LatentDiscriminator(self.config.vae.latent_channels, 4 * self.config.discriminator.channels)
+        return modules
+
+    def images(self, batch: Batch) -> torch.Tensor:
+        return torch.cat([batch["degraded"], batch["real"]])
+
+    def latent_terms(self, mean: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        n = len(batch["degraded"])
+        synthetic, real = mean[:n], mean[n:]
+        # Discriminator: real old photos' latents are "real" (1), synthetic ones "fake" (0).
+        with self.autocast():
+            scores = self.wrapped["latent_discriminator"](torch.cat([real, synthetic]).detach())
+            d_loss = 0.5 * (lsgan(scores[: len(real)], 1.0) + lsgan(scores[len(real):], 0.0))
+        self._update("latent_discriminator", d_loss)
+        discriminator = self.trained["latent_discriminator"].requires_grad_(False)
+        with self.autocast():
+            encoder_loss = lsgan(discriminator(synthetic), 1.0)
+        discriminator.requires_grad_(True)
+        return {"latent_gan": encoder_loss}
+
+
+class MappingTrainer(StageTrainer):
+    """mapping: VAE_A's encoder and VAE_B frozen; T(E_RX(x), mask) should match E_Y(y) in latent
+    space, and decode through G_Y to an image that matches G_Y(E_Y(y)) (GAN, features, VGG)."""
+
+    stage = "mapping"
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"mapping": Mapping(self.config.mapping, self.config.vae.latent_channels),
+                "image_discriminator": MultiscaleDiscriminator(self.config.discriminator)}
+
+    def _latents(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), self.autocast():
+            z_x = self.frozen["vae_a"].encoder(batch["degraded"])[0].float()
+            z_y = self.frozen["vae_b"].encoder(batch["clean"])[0].float()
+            target = self.frozen["vae_b"].decoder(z_y).float()
+        return z_x, z_y, target, latent_mask(batch["mask"], z_x.shape[-2:])
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        z_x, z_y, target, mask = self._latents(batch)
+        with self.autocast():
+            z = self.wrapped["mapping"](z_x, mask)
+            out = self.frozen["vae_b"].decoder(z)
+        d_loss = self._gan_step(target, out)
+        with self.autocast():
+            terms = {"latent_l1": nn.functional.l1_loss(z.float(), z_y)} | self._generator_image_terms(out, target)
+        total = self._weighted(terms)
+        self._update("mapping", total)
+        return {"total": total, "discriminator": torch.tensor(d_loss), **terms}
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        z_x, _, _, mask = self._latents(batch)
+        return [batch["degraded"], self.frozen["vae_b"].decoder(self.trained["mapping"](z_x, mask)), batch["clean"]]
+
+
+class ScratchTrainer(StageTrainer):
+    """scratch: the U-Net learns the synthetic damage masks from the grayscale degraded photo."""
+
+    stage = "scratch"
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"detector": ScratchDetector(self.config.scratch)}
+
+    @staticmethod
+    def gray(image: torch.Tensor) -> torch.Tensor:
+        return 0.299 * image[:, :1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            logits = self.wrapped["detector"](self.gray(batch["degraded"]))
+        loss = bce_dice(logits, batch["mask"])
+        self._update("detector", loss)
+        return {"total": loss}
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        logits = self.trained["detector"](self.gray(batch["degraded"]))
+        return [batch["degraded"], torch.sigmoid(logits.float()) * 2 - 1, batch["mask"] * 2 - 1]
+
+
+TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer,
+                                           "mapping": MappingTrainer, "scratch": ScratchTrainer}
+
+
+def save_state(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_state(data: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def train_loop(trainer: StageTrainer, next_batch: Callable[[], Batch], steps: int, *,
+               on_metrics: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
+               on_preview: Callable[[int, np.ndarray], None] = lambda step, grid: None,
+               on_checkpoint: Callable[[int], None] = lambda step: None) -> None:
+    """Steps from trainer.step_count up to steps, calling back to log, preview and checkpoint."""
+    import time
+
+    t = trainer.config.train
+    started, done_since = time.perf_counter(), 0
+    while trainer.step_count < steps:
+        batch = next_batch()
+        metrics = trainer.step(batch)
+        done_since += 1
+        step = trainer.step_count
+        if step % t.log_every == 0 or step == steps:
+            seconds = time.perf_counter() - started
+            metrics["samples_per_second"] = done_since * len(next(iter(batch.values()))) / max(seconds, 1e-9)
+            metrics["lr"] = trainer.optimizers[next(iter(trainer.optimizers))].param_groups[0]["lr"]
+            on_metrics(step, metrics)
+            started, done_since = time.perf_counter(), 0
+        if step % t.image_every == 0 or step == steps:
+            on_preview(step, trainer.preview(batch))
+        if step % t.checkpoint_every == 0 or step == steps:
+            on_checkpoint(step)
