@@ -42,6 +42,7 @@ class SampleStream:
         return np.random.default_rng([self.seed, *key])
 
     def _next_raw(self) -> tuple[Sample, np.random.Generator]:
+        empty = 0  # shards in a row that held no sample: a whole round of them means none ever will
         while True:
             shard = int(self._rng(self.epoch).permutation(self.shard_count)[self.position])
             if self._loaded is None or self._loaded[0] != shard:
@@ -51,6 +52,9 @@ class SampleStream:
                 order = self._rng(self.epoch, shard).permutation(len(rows))
                 row, self.row = int(order[self.row]), self.row + 1
                 return rows[row], self._rng(self.epoch, shard, row, 1)
+            empty = empty + 1 if not rows else 0
+            if empty >= self.shard_count:
+                raise ValueError(f"none of the {self.shard_count} shards holds a sample")
             self.row, self.position = 0, self.position + 1
             if self.position == self.shard_count:
                 self.position, self.epoch = 0, self.epoch + 1

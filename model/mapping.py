@@ -42,6 +42,8 @@ class PartialNonLocal(nn.Module):
         values = self.mu(features).flatten(2).transpose(1, 2)  # B x N x C
         for i in range(b):
             where = damaged[i].nonzero().squeeze(1)
+            if len(where) == 0:
+                continue
             valid = ~damaged[i]
             if valid.any():
                 k, v = keys[i, valid][None], values[i, valid][None]

@@ -68,7 +68,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 H x W x 3 (or H x W gray) -> 1 x 3 x H x W in [-1, 1]."""
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
 
 
 def to_image(tensor: torch.Tensor) -> np.ndarray:

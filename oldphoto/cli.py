@@ -57,6 +57,61 @@ def sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_config(args: argparse.Namespace):
+    from .model.config import ModelConfig
+
+    config = ModelConfig.load(args.config)
+    if args.steps:
+        config.train.steps = args.steps
+    return config
+
+
+def _stages(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def train(args: argparse.Namespace) -> int:
+    from .flows.train import train as train_flow
+    from .prefect_api import prefect_api
+    from .storage import absolute
+
+    configure_training(args)
+    with prefect_api():
+        result = train_flow(absolute(args.pairs), absolute(args.real) if args.real else None, _model_config(args),
+                            _stages(args.stages), absolute(args.checkpoints) if args.checkpoints else None, args.model_name)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def train_stage(args: argparse.Namespace) -> int:
+    """One stage without Prefect or MLflow: what torchrun launches for DistributedDataParallel."""
+    from .storage import absolute
+    from .tasks.train import run_stage
+
+    configure_training(args)
+    result = run_stage(args.stage, _model_config(args), absolute(args.pairs), absolute(args.real) if args.real else None,
+                       absolute(args.checkpoints))
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def configure_training(args: argparse.Namespace):
+    from .settings import configure
+
+    return configure(s3_endpoint_url=args.s3_endpoint_url, mlflow_tracking_uri=getattr(args, "mlflow_tracking_uri", None),
+                     device=args.device)
+
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="default", help="preset (default, paper, tiny) or a JSON ModelConfig file")
+    p.add_argument("--pairs", required=True, help="folder or URL of synthesized shards")
+    p.add_argument("--real", help="folder or URL of real old photographs (needed by vae_a)")
+    p.add_argument("--steps", type=int, help="steps per stage (default: the config's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
@@ -80,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=18, help="number of samples")
     _add_settings(p)
     p.set_defaults(run=sheet)
+
+    p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
+    _add_training_arguments(p)
+    p.add_argument("--stages", default="vae_a,vae_b,mapping,scratch", help="comma-separated stages to train")
+    p.add_argument("--checkpoints", help="folder or URL for checkpoints (default: one per config and data under OLDPHOTO_HOME)")
+    p.add_argument("--model-name", default="oldphoto-restorer", help="registered model name in MLflow")
+    p.add_argument("--mlflow-tracking-uri", help="MLflow tracking server or database (default: SQLite under OLDPHOTO_HOME)")
+    p.set_defaults(run=train)
+
+    p = commands.add_parser("train-stage", help="one stage, no tracking: for torchrun and DistributedDataParallel")
+    p.add_argument("stage", choices=["vae_a", "vae_b", "mapping", "scratch"])
+    _add_training_arguments(p)
+    p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
+    p.set_defaults(run=train_stage)
     return parser
 
 

@@ -19,19 +19,32 @@ def shard_urls(url: str) -> list[str]:
     return [storage.join(url, p.rsplit("/", 1)[-1]) for p in names]
 
 
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    row["clean"] = decode_png(row["clean"])
+    row["degraded"] = decode_png(row["degraded"])
+    row["mask"] = decode_png(row["mask"]) > 127
+    row["record"] = json.loads(row["record"])
+    return row
+
+
+def _rows(shard: str) -> Iterator[dict[str, Any]]:
+    fs, path = storage.filesystem(shard)
+    with fs.open(path, "rb") as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=16):
+            yield from batch.to_pylist()
+
+
+def read_shard(shard: str) -> list[dict[str, Any]]:
+    """Every sample of one shard, decoded."""
+    return [_decoded(row) for row in _rows(shard)]
+
+
 def read_pairs(url: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """Samples of a data set as dicts with decoded images (clean, degraded: HxWx3; mask: HxW bool)."""
     seen = 0
     for shard in shard_urls(url):
-        fs, path = storage.filesystem(shard)
-        with fs.open(path, "rb") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=16):
-                for row in batch.to_pylist():
-                    if limit is not None and seen >= limit:
-                        return
-                    seen += 1
-                    row["clean"] = decode_png(row["clean"])
-                    row["degraded"] = decode_png(row["degraded"])
-                    row["mask"] = decode_png(row["mask"]) > 127
-                    row["record"] = json.loads(row["record"])
-                    yield row
+        for row in _rows(shard):
+            if limit is not None and seen >= limit:
+                return
+            seen += 1
+            yield _decoded(row)

@@ -1,0 +1,55 @@
+"""train: each stage of the triplet domain translation network in turn, tracked in MLflow, then the
+restorer bundle registered as a new model version."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from oldphoto import storage
+from oldphoto.model.config import STAGES, ModelConfig
+from oldphoto.models import REGISTERED_NAME
+from oldphoto.settings import get_settings
+from oldphoto.tasks.train import checkpoint_url, close_runs, open_runs, register_restorer, train_stage
+
+
+def default_checkpoints(config: ModelConfig, pairs: str, real: str | None) -> str:
+    """The same command gets the same checkpoint folder, so that running it again resumes it."""
+    key = hashlib.sha256(f"{config.model_dump_json()}\n{pairs}\n{real}".encode()).hexdigest()[:12]
+    return str((get_settings().home / "checkpoints" / f"{config.name}-{key}").resolve())
+
+
+@flow(name="train")
+def train(pairs: str, real: str | None = None, config: ModelConfig | None = None, stages: list[str] | None = None,
+          checkpoints: str | None = None, model_name: str = REGISTERED_NAME) -> dict[str, Any]:
+    config = config or ModelConfig()
+    stages = [s for s in STAGES if s in (stages or STAGES)]  # in dependency order
+    unknown = set(stages or []) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
+    checkpoints = checkpoints or default_checkpoints(config, pairs, real)
+    # Stages not trained now must already be in the folder: a restorer needs all four.
+    missing = [s for s in STAGES if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]
+    if missing:
+        raise FileNotFoundError(f"stages {', '.join(missing)} are neither asked for nor trained in {checkpoints}")
+    tracking_uri = get_settings().tracking_uri
+
+    runs = open_runs(checkpoints, stages, config, tracking_uri)
+    results = [train_stage(stage, config, pairs, real, checkpoints, runs["stages"][stage], tracking_uri)
+               for stage in stages]
+    trained_now = any(r["steps"] > r["resumed_at"] for r in results)
+    # A rerun of a finished training trains nothing and registers nothing new.
+    registered = runs.get("registered") if not trained_now and runs.get("registered", {}).get("name") == model_name \
+        else register_restorer(checkpoints, runs["parent"], tracking_uri, model_name)
+    close_runs(runs, stages, tracking_uri)
+
+    lines = ["# Training", "", f"checkpoints: `{checkpoints}`", f"MLflow run: `{runs['parent']}`",
+             f"registered: `{registered['uri']}`", "", "| stage | steps | resumed at | seconds | device | precision |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['steps']} | {r['resumed_at']} | {r['seconds']} | {r['device']} | {r['precision']} |"
+              for r in results]
+    create_markdown_artifact("\n".join(lines), key="train-summary")
+    return {"checkpoints": checkpoints, "run_id": runs["parent"], "stages": results, **registered}
