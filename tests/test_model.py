@@ -1,0 +1,228 @@
+"""The networks, the partial non-local block and the losses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from oldphoto.model.config import ModelConfig
+from oldphoto.model.discriminators import LatentDiscriminator, MultiscaleDiscriminator
+from oldphoto.model.losses import VGG19_LAYOUT, VGGLoss, bce_dice, feature_matching, focal, kl_divergence, lsgan
+from oldphoto.model.mapping import Mapping, PartialNonLocal, latent_mask
+from oldphoto.model.restorer import RestorerNetwork, restore_whole
+from oldphoto.model.scratch import ScratchDetector
+from oldphoto.model.vae import VAE
+
+TINY = ModelConfig.load("tiny")
+
+
+def test_vae_latent_is_a_quarter_of_the_input_and_decodes_back():
+    vae = VAE(TINY.vae).eval()
+    x = torch.rand(2, 3, 64, 96) * 2 - 1
+    recon, z, mean, log_variance = vae(x)
+    assert mean.shape == log_variance.shape == (2, TINY.vae.latent_channels, 16, 24)
+    assert torch.equal(z, mean)  # eval: no sampling
+    assert recon.shape == x.shape and recon.abs().max() <= 1
+    vae.train()
+    _, z, mean, _ = vae(x)
+    assert not torch.equal(z, mean)  # training: reparameterized sample
+
+
+def test_scratch_detector_takes_any_size():
+    detector = ScratchDetector(TINY.scratch).eval()
+    for h, w in [(37, 53), (64, 64), (5, 9)]:
+        assert detector(torch.zeros(1, 1, h, w)).shape == (1, 1, h, w)
+
+
+def test_discriminators_return_scores_and_features():
+    d = MultiscaleDiscriminator(TINY.discriminator)
+    out = d(torch.zeros(2, 3, 64, 64))
+    assert len(out) == TINY.discriminator.scales
+    assert [len(scale) for scale in out] == [TINY.discriminator.layers + 2] * TINY.discriminator.scales
+    assert out[0][-1].shape[1] == 1 and out[1][-1].shape[-1] < out[0][-1].shape[-1]
+    assert LatentDiscriminator(8, 16)(torch.zeros(2, 8, 16, 16)).shape == (2, 1, 8, 8)
+
+
+def _restore_path_flops(config: ModelConfig, size: int = 128) -> float:
+    network = RestorerNetwork(config).eval()
+    x = torch.rand(1, 3, size, size) * 2 - 1
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., size // 2 : size // 2 + 3, :] = 1  # a scratch across: the global branch runs
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network.detect(x)
+        network(x, mask)
+    return counter.get_total_flops() / size**2
+
+
+def test_flops_per_pixel_of_the_presets():
+    assert _restore_path_flops(ModelConfig.load("default")) <= 1e6  # the issue's budget for what we ship
+    assert 6e6 < _restore_path_flops(ModelConfig.load("paper")) < 8e6  # the reference: about 7 MFLOP per pixel
+
+
+def naive_partial_non_local(block: PartialNonLocal, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """REFERENCE section 1 written out with the full N x N matrix."""
+    b, c, h, w = f.shape
+    theta = block.theta(f).flatten(2)  # B x A x N
+    phi = block.phi(f).flatten(2)
+    mu = block.mu(f).flatten(2)  # B x C x N
+    m = (m > 0).float().flatten(1)  # B x N
+    out = []
+    for i in range(b):
+        affinity = torch.exp(theta[i].t() @ phi[i])  # N x N
+        weighted = affinity * (1 - m[i])[None, :]
+        s = weighted / weighted.sum(1, keepdim=True).clamp_min(1e-30)
+        o = block.nu((mu[i] @ s.t()).view(1, c, h, w))[0].flatten(1)  # C x N
+        out.append(m[i][None] * o + (1 - m[i][None]) * f[i].flatten(1))
+    return torch.stack(out).view(b, c, h, w)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_partial_non_local_equals_the_naive_formula(chunk):
+    torch.manual_seed(0)
+    block = PartialNonLocal(12, 6, query_chunk=chunk).double()
+    for conv in (block.theta, block.phi):  # small affinities: exp() stays finite in the naive version
+        conv.weight.data *= 0.2
+    f = torch.randn(3, 12, 9, 11, dtype=torch.float64)
+    m = (torch.rand(3, 1, 9, 11) < 0.3).double()
+    m[1] = 0  # an undamaged sample in the batch
+    with torch.no_grad():
+        assert torch.allclose(block(f, m), naive_partial_non_local(block, f, m), atol=1e-10)
+
+
+def test_partial_non_local_ignores_features_at_damaged_positions():
+    """O_i does not change when the features at damaged positions j change: nothing is attended at a
+    damaged position. (A damaged position's own features still form its query, as in the method.)"""
+    torch.manual_seed(1)
+    block = PartialNonLocal(8, 4, query_chunk=5).eval()
+    f = torch.randn(2, 8, 10, 10)
+    m = (torch.rand(2, 1, 10, 10) < 0.4).float()
+    damaged = m[:, 0].nonzero().tolist()
+    with torch.no_grad():
+        reference = block(f, m)
+        for b, y, x in damaged[:: max(1, len(damaged) // 8)]:
+            changed = f.clone()
+            changed[b, :, y, x] = torch.randn(8) * 10
+            others = torch.ones_like(reference, dtype=torch.bool)
+            others[b, :, y, x] = False
+            assert torch.allclose(block(changed, m)[others], reference[others], rtol=0, atol=1e-6)
+        # undamaged positions keep their own features
+        valid = ~m.bool().expand_as(f)
+        assert torch.equal(reference[valid], f[valid])
+
+
+def test_partial_non_local_all_damaged_gives_nu_of_zero():
+    block = PartialNonLocal(4, 2).eval()
+    with torch.no_grad():
+        out = block(torch.randn(1, 4, 3, 3), torch.ones(1, 1, 3, 3))
+    assert torch.allclose(out, block.nu.bias.view(1, 4, 1, 1).expand(1, 4, 3, 3))
+
+
+def test_partial_non_local_memory_grows_linearly():
+    """36,864 latent positions, half of them damaged: an N x N matrix over the damaged queries alone
+    would take 1.36 GB; the chunked block must stay far below it."""
+    code = textwrap.dedent("""
+        import resource, torch
+        from oldphoto.model.mapping import PartialNonLocal
+        torch.set_num_threads(2)
+        block = PartialNonLocal(16, 8, query_chunk=1024).eval()
+        f = torch.randn(1, 16, 192, 192)
+        m = torch.zeros(1, 1, 192, 192); m[..., ::2, :] = 1
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with torch.no_grad():
+            block(f, m)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    """)
+    grown_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert grown_mb < 300, f"peak memory grew by {grown_mb:.0f} MB"
+
+
+def test_mapping_with_and_without_mask_and_latent_mask():
+    mapping = Mapping(TINY.mapping, TINY.vae.latent_channels).eval()
+    z = torch.randn(2, TINY.vae.latent_channels, 8, 8)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, 0, 5, 5] = 1  # one pixel damages its whole latent cell
+    lm = latent_mask(mask, (8, 8))
+    assert lm.sum() == 1 and lm[0, 0, 1, 1] == 1
+    assert mapping(z, lm).shape == z.shape == mapping(z).shape
+    assert torch.equal(mapping(z, torch.zeros_like(lm)), mapping(z))  # an empty mask changes nothing
+
+
+def test_restorer_bundle_round_trip_and_restore(photo):
+    network = RestorerNetwork(TINY)
+    copy = RestorerNetwork.from_bundle(network.bundle())
+    for (k, a), (_, b) in zip(network.state_dict().items(), copy.state_dict().items()):
+        assert torch.equal(a, b), k
+    for image in (photo[:37, :61], photo[..., 0]):  # odd sizes and grayscale
+        restored, mask = restore_whole(copy, image)
+        assert restored.shape == image.shape and restored.dtype == np.uint8
+        assert mask.shape == image.shape[:2] and mask.dtype == bool
+    with pytest.raises(ValueError, match="not an oldphoto restorer bundle"):
+        RestorerNetwork.from_bundle({"state_dict": {}})
+
+
+def test_gan_and_reconstruction_losses():
+    assert kl_divergence(torch.zeros(4, 8), torch.zeros(4, 8)) == 0
+    assert kl_divergence(torch.ones(4, 8), torch.zeros(4, 8)) == pytest.approx(0.5)
+    assert lsgan(torch.ones(3, 1, 4, 4), 1.0) == 0 and lsgan(torch.zeros(3, 1, 4, 4), 1.0) == 1
+    scales = [[torch.zeros(1, 2, 4, 4), torch.full((1, 1, 4, 4), 0.5)]] * 2
+    assert lsgan(scales, 0.0) == pytest.approx(0.25)
+    other = [[torch.ones(1, 2, 4, 4), torch.zeros(1, 1, 4, 4)]] * 2
+    assert feature_matching(scales, scales) == 0 and feature_matching(other, scales) == pytest.approx(1.0)
+
+
+def test_mask_losses_reward_the_right_mask():
+    target = torch.zeros(2, 1, 16, 16)
+    target[..., 4:6, :] = 1
+    good, bad = (target * 2 - 1) * 8, -(target * 2 - 1) * 8
+    for loss in (bce_dice, focal):
+        assert loss(good, target) < 0.05 < loss(bad, target)
+
+
+def _vgg_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under torchvision's key names, as the real ImageNet file has them."""
+    torch.manual_seed(seed)
+    state, index, in_channels = {}, 0, 3
+    for width in VGG19_LAYOUT:
+        if width == "M":
+            index += 1
+            continue
+        state[f"features.{index}.weight"] = torch.randn(width, in_channels, 3, 3) * (2 / (9 * in_channels)) ** 0.5
+        state[f"features.{index}.bias"] = torch.zeros(width)
+        in_channels, index = width, index + 2
+    state["classifier.0.weight"] = torch.zeros(4, 4)  # ignored
+    return state
+
+
+def test_vgg_loss_from_torchvision_style_weights():
+    loss = VGGLoss(_vgg_state_dict())
+    a = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert loss(a, a) == 0
+    assert loss(a, torch.flip(a, [3])) > 0
+    with pytest.raises(RuntimeError):
+        VGGLoss({"features.0.weight": torch.zeros(64, 3, 3, 3)})  # incomplete weights are refused
+
+
+def test_vgg_weights_load_from_a_path_and_a_url(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from oldphoto.models import read_weights
+
+    torch.save(_vgg_state_dict(), tmp_path / "vgg19.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/vgg19.pth"
+        from_url, from_path = VGGLoss(read_weights(url)), VGGLoss(read_weights(str(tmp_path / "vgg19.pth")))
+    finally:
+        server.shutdown()
+    a, b = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    assert from_url(a, b) == from_path(a, b) > 0

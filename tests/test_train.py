@@ -1,0 +1,231 @@
+"""Trainers, resumable training, the tracked training flow and the registered restorer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from oldphoto.model.config import ModelConfig
+from oldphoto.model.data import SampleStream, pair_batch, real_batch
+from oldphoto.model.train import TRAINERS, MappingTrainer, load_state
+from oldphoto.model.vae import VAE
+
+SAMPLES = Path(__file__).resolve().parents[1] / "oldphoto" / "samples"
+
+TINY = ModelConfig.load("tiny")
+CLI = [sys.executable, "-m", "oldphoto.cli"]
+
+
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory) -> str:
+    """Two shards of 8 small synthetic pairs made from the bundled sample photos."""
+    from oldphoto.synth import DegradationConfig
+    from oldphoto.tasks.synth import SynthConfig, synthesize_shard
+
+    dst = tmp_path_factory.mktemp("pairs")
+    keys = sorted(p.name for p in SAMPLES.glob("*.jpg"))
+    config = SynthConfig(count=16, seed=3, crop=48, shard_size=8, degradation=DegradationConfig.load("default"))
+    for shard in range(2):
+        samples = [(i, keys[i % len(keys)]) for i in range(8 * shard, 8 * shard + 8)]
+        synthesize_shard.fn(str(SAMPLES), str(dst), shard, samples, config, "test")
+    return str(dst)
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory) -> str:
+    """Real-photo stand-ins: the bundled samples, grayscale-toned, plus one unreadable file."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("real")
+    for path in sorted(SAMPLES.glob("*.jpg"))[:3]:
+        Image.open(path).convert("L").convert("RGB").save(folder / f"{path.stem}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return str(folder)
+
+
+def _streams(pairs: str):
+    from oldphoto.pairs import read_shard, shard_urls
+
+    urls = shard_urls(pairs)
+    return SampleStream(len(urls), lambda i: read_shard(urls[i]), seed=0)
+
+
+def test_sample_stream_is_seeded_resumable_and_split_across_ranks():
+    shards = [[{"id": s * 10 + r} for r in range(n)] for s, n in enumerate([3, 0, 4])]
+    ids = lambda stream, n: [item["id"] for item, _ in stream.take(n)]
+    a, b = SampleStream(3, shards.__getitem__, 7), SampleStream(3, shards.__getitem__, 7)
+    first = ids(a, 16)
+    assert first == ids(b, 16)
+    assert sorted(first[:7]) == [0, 1, 2, 20, 21, 22, 23]  # an epoch sees every sample once
+    state = a.state_dict()
+    after = ids(a, 5)
+    c = SampleStream(3, shards.__getitem__, 7)
+    c.load_state_dict(state)
+    assert ids(c, 5) == after
+    ranks = [SampleStream(3, shards.__getitem__, 7, rank=r, world=2) for r in range(2)]
+    taken = [ids(r, 8) for r in ranks]
+    assert [x for pair in zip(*taken) for x in pair] == first
+    with pytest.raises(ValueError, match="none of the 2 shards"):
+        SampleStream(2, lambda i: [], 0).take(1)
+
+
+@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch"])
+def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
+    frozen = {"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else None
+    trainer = TRAINERS[stage](TINY, torch.device("cpu"), torch.float32, frozen=frozen)
+    stream = _streams(pairs)
+    real_stream = SampleStream(1, lambda i: [{"image": np.full((90, 70, 3), 128, np.uint8)}], 0)
+    for _ in range(3):
+        batch = pair_batch(stream, 2, 32)
+        if "real" in trainer.needs:
+            batch["real"] = real_batch(real_stream, 2, 32)
+        metrics = trainer.step(batch)
+        assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert trainer.step_count == 3
+    grid = trainer.preview(batch)
+    rows = 4 if stage == "vae_a" else 2  # vae_a shows its synthetic and its real photos
+    assert grid.dtype == np.uint8 and grid.shape == (rows * 32, 3 * 32, 3)
+
+
+def test_mapping_overfits_a_fixed_batch(pairs):
+    torch.manual_seed(0)
+    config = TINY.model_copy(deep=True)
+    config.train.lr = 2e-3
+    trainer = MappingTrainer(config, torch.device("cpu"), torch.float32,
+                             frozen={"vae_a": VAE(config.vae), "vae_b": VAE(config.vae)})
+    batch = pair_batch(_streams(pairs), 4, 32)
+    first = trainer.step(batch)["latent_l1"]
+    for _ in range(60):
+        last = trainer.step(batch)["latent_l1"]
+    assert last < 0.3 * first, (first, last)
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_state(checkpoint.read_bytes())["trainer"]["modules"]
+
+
+def test_resumed_training_equals_uninterrupted(pairs, real, tmp_path):
+    from oldphoto.tasks.train import run_stage
+
+    config = TINY.model_copy(deep=True)
+    config.train.steps = 4
+    straight = run_stage("vae_a", config, pairs, real, str(tmp_path / "straight"))
+    assert straight["steps"] == 4 and straight["resumed_at"] == 0
+    config.train.steps = 2
+    run_stage("vae_a", config, pairs, real, str(tmp_path / "resumed"))
+    config.train.steps = 4
+    assert run_stage("vae_a", config, pairs, real, str(tmp_path / "resumed"))["resumed_at"] == 2
+    a, b = _weights(tmp_path / "straight" / "vae_a.pt"), _weights(tmp_path / "resumed" / "vae_a.pt")
+    for module in a:
+        for key in a[module]:
+            assert torch.equal(a[module][key], b[module][key]), (module, key)
+
+
+def test_a_killed_stage_resumes_from_its_checkpoint(pairs, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    command = CLI + ["train-stage", "scratch", "--config", "tiny", "--pairs", pairs, "--checkpoints", str(checkpoints),
+                     "--steps", "100000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (checkpoints / "scratch.pt").exists() or load_state((checkpoints / "scratch.pt").read_bytes())["trainer"]["step"] < 6:
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()[-2000:]
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    step = load_state((checkpoints / "scratch.pt").read_bytes())["trainer"]["step"]
+    result = subprocess.run(command[:-1] + [str(step + 2)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["resumed_at"] == step and summary["steps"] == step + 2
+
+
+def test_distributed_data_parallel_starts_with_two_cpu_processes(pairs, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "oldphoto.cli", "train-stage", "vae_b", "--config", "tiny", "--pairs", pairs,
+               "--checkpoints", str(tmp_path), "--steps", "2", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["steps"] == 2
+    assert load_state((tmp_path / "vae_b.pt").read_bytes())["trainer"]["step"] == 2
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """MLflow tracking on a fresh SQLite file."""
+    from oldphoto.settings import get_settings
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("OLDPHOTO_MLFLOW_TRACKING_URI", uri)
+    get_settings.cache_clear()
+    yield uri
+    get_settings.cache_clear()
+
+
+def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, pairs, real, tracking, tmp_path, photo):
+    from mlflow import MlflowClient
+
+    from oldphoto.flows.train import train
+    from oldphoto.model.restorer import restore_whole
+    from oldphoto.models import load_restorer
+
+    checkpoints = str(tmp_path / "ckpt")
+    result = train(pairs, real, TINY, checkpoints=checkpoints, model_name="test-restorer")
+    assert [s["stage"] for s in result["stages"]] == ["vae_a", "vae_b", "mapping", "scratch"]
+    assert all(s["steps"] == TINY.train.steps for s in result["stages"])
+
+    client = MlflowClient(tracking)
+    parent = client.get_run(result["run_id"])
+    assert parent.data.params["vae.channels"] == str(TINY.vae.channels) and parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert sorted(c.data.tags["oldphoto.stage"] for c in children) == ["mapping", "scratch", "vae_a", "vae_b"]
+    expected = {"vae_a": {"kl", "l1", "gan", "feature_matching", "latent_gan", "discriminator"},
+                "vae_b": {"kl", "l1", "gan", "feature_matching", "discriminator"},
+                "mapping": {"latent_l1", "gan", "feature_matching", "discriminator"}, "scratch": set()}
+    for child in children:
+        stage = child.data.tags["oldphoto.stage"]
+        assert {"total", "lr", "samples_per_second"} | expected[stage] <= set(child.data.metrics), stage
+        assert child.data.params["stage"] == stage and child.data.params["vgg_loss"].startswith("off")
+        history = client.get_metric_history(child.info.run_id, "total")
+        assert [m.step for m in history] == list(range(1, TINY.train.steps + 1))
+        assert all(np.isfinite(m.value) for m in history)
+        assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == [f"checkpoints/{stage}.pt"]
+        assert client.list_artifacts(child.info.run_id, "images"), "sample grids are logged"
+
+    version = client.get_model_version("test-restorer", result["version"])
+    assert version.run_id == result["run_id"]
+    client.set_registered_model_alias("test-restorer", "champion", result["version"])
+    for ref in ("models:/test-restorer@champion", result["uri"], result["run_uri"], f"{checkpoints}/restorer.pt"):
+        restored, mask = restore_whole(load_restorer(ref), photo)
+        assert restored.shape == photo.shape and restored.std() > 0
+
+    again = train(pairs, real, TINY, checkpoints=checkpoints, model_name="test-restorer")
+    assert again["version"] == result["version"]  # nothing new trained, nothing new registered
+    assert all(s["resumed_at"] == s["steps"] for s in again["stages"])
+
+
+def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, tracking, tmp_path):
+    from oldphoto.flows.train import train
+    from oldphoto.models import load_restorer
+
+    with pytest.raises(FileNotFoundError, match="vae_a, vae_b"):
+        train(pairs, None, TINY, stages=["mapping", "scratch"], checkpoints=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_restorer(str(tmp_path / "nothing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable weights file"):
+        load_restorer(str(tmp_path / "junk.pt"))
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a usable restorer bundle"):
+        load_restorer(str(tmp_path / "other.pt"))
