@@ -13,7 +13,7 @@ from .config import ModelConfig
 from .device import autocast
 from .mapping import Mapping, latent_mask
 from .scratch import ScratchDetector
-from .vae import VAE, Decoder, Encoder
+from .vae import Decoder, Encoder
 
 BUNDLE_FORMAT = "oldphoto-restorer/1"
 ScratchMode = Literal["auto", "on", "off"]
@@ -29,15 +29,9 @@ class RestorerNetwork(nn.Module):
         self.decoder = Decoder(config.vae)
         self.multiple = 2**config.vae.downsamples
 
-    @classmethod
-    def from_stages(cls, config: ModelConfig, vae_a: VAE, vae_b: VAE, mapping: Mapping,
-                    scratch: ScratchDetector) -> "RestorerNetwork":
-        network = cls(config)
-        network.encoder.load_state_dict(vae_a.encoder.state_dict())
-        network.decoder.load_state_dict(vae_b.decoder.state_dict())
-        network.mapping.load_state_dict(mapping.state_dict())
-        network.scratch.load_state_dict(scratch.state_dict())
-        return network.eval()
+    def fast(self) -> "RestorerNetwork":
+        """channels_last weights: several times faster convolutions on CPUs (oneDNN) and GPUs."""
+        return self.to(memory_format=torch.channels_last)
 
     def detect(self, image: torch.Tensor) -> torch.Tensor:
         """Damage mask (B x 1 x H x W, 0/1) of images in [-1, 1]."""
@@ -61,7 +55,7 @@ class RestorerNetwork(nn.Module):
             raise ValueError(f"not an oldphoto restorer bundle (expected format {BUNDLE_FORMAT!r})")
         network = cls(ModelConfig.model_validate_json(bundle["config"]))
         network.load_state_dict(bundle["state_dict"])
-        return network.eval()
+        return network.eval().fast()
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -83,7 +77,7 @@ def restore_whole(network: RestorerNetwork, image: np.ndarray, scratch: ScratchM
     h, w = image.shape[:2]
     x = to_tensor(image).to(device)
     m = network.multiple
-    x = nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
+    x = nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="replicate").contiguous(memory_format=torch.channels_last)
     with autocast(device, dtype):
         mask = network.detect(x) if scratch != "off" else torch.zeros_like(x[:, :1])
         use_global = scratch == "on" or bool(mask.any())

@@ -44,7 +44,10 @@ class StageTrainer:
         self.w = config.train.weights
         self.vgg = vgg.to(device) if vgg is not None else None
         self.frozen = {k: m.to(device).eval().requires_grad_(False) for k, m in (frozen or {}).items()}
-        self.trained: dict[str, nn.Module] = {k: m.to(device) for k, m in self.build().items()}
+        # channels_last: several times faster convolutions on CPUs (oneDNN) and tensor cores alike.
+        self.frozen = {k: m.to(memory_format=torch.channels_last) for k, m in self.frozen.items()}
+        self.trained: dict[str, nn.Module] = {k: m.to(device, memory_format=torch.channels_last)
+                                              for k, m in self.build().items()}
         self.wrapped = {k: _distributed(m, device) for k, m in self.trained.items()}
         self.optimizers = {k: torch.optim.Adam(m.parameters(), lr=config.train.lr, betas=config.train.betas)
                            for k, m in self.trained.items()}
@@ -69,7 +72,7 @@ class StageTrainer:
     def step(self, batch: Batch) -> dict[str, float]:
         for module in self.trained.values():
             module.train()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True, memory_format=torch.channels_last) for k, v in batch.items()}
         metrics = {k: float(v.detach()) for k, v in self.losses(batch).items()}
         self.scaler.update()
         self.step_count += 1

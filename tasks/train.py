@@ -225,7 +225,7 @@ def build_restorer(checkpoints: str) -> RestorerNetwork:
     network.decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in modules["vae_b"]["vae"].items() if k.startswith("decoder.")})
     network.mapping.load_state_dict(modules["mapping"]["mapping"])
     network.scratch.load_state_dict(modules["scratch"]["detector"])
-    return network.eval()
+    return network.eval().fast()
 
 
 @task
