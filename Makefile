@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) .oldphoto out

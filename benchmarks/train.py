@@ -5,7 +5,7 @@ and bf16 autocast, channels_last. Inference: the `paper` restore path with a scr
 512, our way (channels_last, bf16 where the CPU runs it fast, else fp32) beside the plain way (fp32,
 default memory layout), in the same run.
 
-    .venv/bin/python benchmarks/train.py [--steps N]
+    .venv/bin/python benchmarks/train.py [--steps N] [--batch-size B] [--part all|train|inference]
 """
 
 from __future__ import annotations
@@ -59,22 +59,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per measurement")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--part", choices=["all", "train", "inference"], default="all")
     args = parser.parse_args()
     torch.manual_seed(0)
     fast = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, fast bf16: {cpu_has_fast_bf16()}")
 
-    for name in ("default", "paper"):
+    for name in ("default", "paper") if args.part in ("all", "train") else ():
         config = ModelConfig.load(name)
         for dtype in (torch.float32, torch.bfloat16):
-            steps = args.steps if name == "default" or dtype == fast else 1
-            rate = training_rate(config, dtype, steps, args.batch_size)
+            if name == "paper" and dtype != fast:
+                # bf16 emulated (no AVX-512 BF16 / AMX): over 10 minutes a step of the paper's network.
+                print(f"train mapping stage, {name:7s} {str(dtype)[6:]:8s}: skipped, bf16 is emulated on this CPU")
+                continue
+            rate = training_rate(config, dtype, args.steps, args.batch_size)
             print(f"train mapping stage, {name:7s} {str(dtype)[6:]:8s} 256x256 batch {args.batch_size}: "
-                  f"{rate:7.3f} samples/s ({steps} timed steps)", flush=True)
+                  f"{rate:7.3f} samples/s ({args.steps} timed steps)", flush=True)
 
     network = RestorerNetwork(ModelConfig.load("paper")).eval()
-    for size in (256, 512):
+    for size in (256, 512) if args.part in ("all", "inference") else ():
         plain = inference_seconds(network, size, torch.float32, False, 2)
         network.fast()
         ours = inference_seconds(network, size, fast, True, 2)

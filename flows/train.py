@@ -17,8 +17,10 @@ from oldphoto.tasks.train import checkpoint_url, close_runs, open_runs, register
 
 
 def default_checkpoints(config: ModelConfig, pairs: str, real: str | None) -> str:
-    """The same command gets the same checkpoint folder, so that running it again resumes it."""
-    key = hashlib.sha256(f"{config.model_dump_json()}\n{pairs}\n{real}".encode()).hexdigest()[:12]
+    """The same command gets the same checkpoint folder, so that running it again resumes it (with
+    more --steps, it trains on from there)."""
+    settings = config.model_dump_json(exclude={"train": {"steps"}})
+    key = hashlib.sha256(f"{settings}\n{pairs}\n{real}".encode()).hexdigest()[:12]
     return str((get_settings().home / "checkpoints" / f"{config.name}-{key}").resolve())
 
 
@@ -26,10 +28,10 @@ def default_checkpoints(config: ModelConfig, pairs: str, real: str | None) -> st
 def train(pairs: str, real: str | None = None, config: ModelConfig | None = None, stages: list[str] | None = None,
           checkpoints: str | None = None, model_name: str = REGISTERED_NAME) -> dict[str, Any]:
     config = config or ModelConfig()
-    stages = [s for s in STAGES if s in (stages or STAGES)]  # in dependency order
     unknown = set(stages or []) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
+    stages = [s for s in STAGES if s in (stages or STAGES)]  # in dependency order
     checkpoints = checkpoints or default_checkpoints(config, pairs, real)
     # Stages not trained now must already be in the folder: a restorer needs all four.
     missing = [s for s in STAGES if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]

@@ -5,6 +5,7 @@ so that a killed run resumes where it stopped. DistributedDataParallel when torc
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ def _distributed(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 class StageTrainer:
-    """Shared machinery: optimizers, mixed precision, state. Subclasses define the networks and step()."""
+    """Shared machinery: optimizers, mixed precision, state. Subclasses give build() and losses()."""
 
     stage: str
     # Which batch keys the stage needs: "pairs" (synthetic), "real" (real old photos).
@@ -43,9 +44,9 @@ class StageTrainer:
         self.config, self.device, self.dtype = config, device, dtype
         self.w = config.train.weights
         self.vgg = vgg.to(device) if vgg is not None else None
-        self.frozen = {k: m.to(device).eval().requires_grad_(False) for k, m in (frozen or {}).items()}
         # channels_last: several times faster convolutions on CPUs (oneDNN) and tensor cores alike.
-        self.frozen = {k: m.to(memory_format=torch.channels_last) for k, m in self.frozen.items()}
+        self.frozen = {k: m.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+                       for k, m in (frozen or {}).items()}
         self.trained: dict[str, nn.Module] = {k: m.to(device, memory_format=torch.channels_last)
                                               for k, m in self.build().items()}
         self.wrapped = {k: _distributed(m, device) for k, m in self.trained.items()}
@@ -278,8 +279,6 @@ def train_loop(trainer: StageTrainer, next_batch: Callable[[], Batch], steps: in
                on_preview: Callable[[int, np.ndarray], None] = lambda step, grid: None,
                on_checkpoint: Callable[[int], None] = lambda step: None) -> None:
     """Steps from trainer.step_count up to steps, calling back to log, preview and checkpoint."""
-    import time
-
     t = trainer.config.train
     started, done_since = time.perf_counter(), 0
     while trainer.step_count < steps:

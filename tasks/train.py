@@ -238,6 +238,7 @@ def register_restorer(checkpoints: str, run_id: str, tracking_uri: str, model_na
 
     network = build_restorer(checkpoints)
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / BUNDLE_FILE
         torch.save(network.bundle(), path)
@@ -248,10 +249,9 @@ def register_restorer(checkpoints: str, run_id: str, tracking_uri: str, model_na
             info = mlflow.pyfunc.log_model(name="restorer", python_model=RestorerModel(), artifacts={"bundle": str(path)},
                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
         version = mlflow.register_model(info.model_uri, model_name, tags={"oldphoto.config": network.config.name})
-    client.set_model_version_tag(model_name, version.version, "oldphoto.run_id", run_id)
     get_run_logger().info("registered %s version %s", model_name, version.version)
     registered = {"name": model_name, "version": version.version, "uri": f"models:/{model_name}/{version.version}",
-            "run_uri": f"runs:/{run_id}/restorer/{BUNDLE_FILE}"}
+                  "run_uri": f"runs:/{run_id}/restorer/{BUNDLE_FILE}"}
     runs_url = storage.join(checkpoints, "runs.json")
     runs = json.loads(storage.read_bytes(runs_url))
     storage.write_bytes_atomic(runs_url, json.dumps(runs | {"registered": registered}, indent=2).encode())

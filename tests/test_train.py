@@ -219,6 +219,8 @@ def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, 
     from oldphoto.flows.train import train
     from oldphoto.models import load_restorer
 
+    with pytest.raises(ValueError, match="unknown stages"):
+        train(pairs, None, TINY, stages=["vae_c"])
     with pytest.raises(FileNotFoundError, match="vae_a, vae_b"):
         train(pairs, None, TINY, stages=["mapping", "scratch"], checkpoints=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no such model file"):
