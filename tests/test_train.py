@@ -231,3 +231,17 @@ def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, 
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a usable restorer bundle"):
         load_restorer(str(tmp_path / "other.pt"))
+
+
+def test_a_stage_trains_from_and_checkpoints_to_s3(pairs, bucket):
+    from oldphoto import storage
+    from oldphoto.tasks.train import run_stage
+
+    fs, _ = storage.filesystem(bucket)
+    for shard in sorted(Path(pairs).glob("*.parquet")):
+        fs.put_file(str(shard), f"{bucket}/pairs/{shard.name}")
+    config = TINY.model_copy(deep=True)
+    config.train.steps = 2
+    result = run_stage("scratch", config, f"{bucket}/pairs", None, f"{bucket}/ckpt")
+    assert result["steps"] == 2
+    assert load_state(storage.read_bytes(f"{bucket}/ckpt/scratch.pt"))["trainer"]["step"] == 2
