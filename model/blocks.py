@@ -11,16 +11,18 @@ def conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) 
     return nn.Conv2d(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2, padding_mode="reflect")
 
 
-def norm(channels: int) -> nn.Module:
-    # Instance norm without affine parameters, as the reference VAEs and mapping use.
-    return nn.InstanceNorm2d(channels, affine=False)
+def norm(channels: int, kind: str = "batch") -> nn.Module:
+    """"instance": as the reference VAEs and mapping (without affine parameters); its statistics come
+    from the whole input, so a tile's output depends on the tile. "batch": at inference a fixed
+    per-channel affine map, so tiles restore exactly as the whole image would, given the overlap."""
+    return nn.InstanceNorm2d(channels, affine=False) if kind == "instance" else nn.BatchNorm2d(channels)
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, kind: str = "batch"):
         super().__init__()
-        self.body = nn.Sequential(conv(channels, channels), norm(channels), nn.ReLU(inplace=True),
-                                  conv(channels, channels), norm(channels))
+        self.body = nn.Sequential(conv(channels, channels), norm(channels, kind), nn.ReLU(inplace=True),
+                                  conv(channels, channels), norm(channels, kind))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)

@@ -21,6 +21,7 @@ class VAEConfig(_Strict):
     downsamples: int = Field(2, ge=1, description="latent at 1/2**downsamples of the input resolution")
     latent_channels: int = Field(64, gt=0)
     blocks: int = Field(2, ge=0, description="residual blocks on each side of the latent")
+    norm: Literal["batch", "instance"] = Field("batch", description="instance: the reference's; batch: tiles exactly")
 
 
 class MappingConfig(_Strict):
@@ -28,6 +29,7 @@ class MappingConfig(_Strict):
     blocks: int = Field(2, ge=1, description="residual blocks of the local branch, then as many after fusion")
     attention_channels: int = Field(32, gt=0, description="width of theta and phi in the non-local block")
     query_chunk: int = Field(4096, gt=0, description="queries per step of the partial non-local attention")
+    norm: Literal["batch", "instance"] = "batch"
 
 
 class ScratchConfig(_Strict):
@@ -92,8 +94,8 @@ PRESETS: dict[str, ModelConfig] = {
     # The reference release: 64 base channels, 64-channel latent at 1/4, mapping 512 wide with 6 blocks.
     "paper": ModelConfig(
         name="paper",
-        vae=VAEConfig(channels=64, downsamples=2, latent_channels=64, blocks=4),
-        mapping=MappingConfig(channels=512, blocks=3, attention_channels=64),
+        vae=VAEConfig(channels=64, downsamples=2, latent_channels=64, blocks=4, norm="instance"),
+        mapping=MappingConfig(channels=512, blocks=3, attention_channels=64, norm="instance"),
         scratch=ScratchConfig(channels=64, depth=4),
         discriminator=DiscriminatorConfig(channels=64, layers=3, scales=2),
         train=TrainConfig(crop=256, batch_size=8),

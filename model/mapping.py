@@ -69,11 +69,11 @@ class Mapping(nn.Module):
     def __init__(self, config: MappingConfig, latent_channels: int):
         super().__init__()
         c = config.channels
-        self.head = nn.Sequential(conv(latent_channels, c), norm(c), nn.ReLU(inplace=True))
-        self.local = nn.Sequential(*[ResidualBlock(c) for _ in range(config.blocks)])
+        self.head = nn.Sequential(conv(latent_channels, c), norm(c, config.norm), nn.ReLU(inplace=True))
+        self.local = nn.Sequential(*[ResidualBlock(c, config.norm) for _ in range(config.blocks)])
         self.global_branch = PartialNonLocal(c, config.attention_channels, config.query_chunk)
-        self.fuse = nn.Sequential(nn.Conv2d(2 * c, c, 1), norm(c), nn.ReLU(inplace=True))
-        self.tail = nn.Sequential(*[ResidualBlock(c) for _ in range(config.blocks)], conv(c, latent_channels))
+        self.fuse = nn.Sequential(nn.Conv2d(2 * c, c, 1), norm(c, config.norm), nn.ReLU(inplace=True))
+        self.tail = nn.Sequential(*[ResidualBlock(c, config.norm) for _ in range(config.blocks)], conv(c, latent_channels))
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.head(z)

@@ -17,11 +17,11 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig, in_channels: int = 3):
         super().__init__()
         c = config.channels
-        layers: list[nn.Module] = [conv(in_channels, c, 7), norm(c), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [conv(in_channels, c, 7), norm(c, config.norm), nn.ReLU(inplace=True)]
         for _ in range(config.downsamples):
-            layers += [conv(c, 2 * c, 4, stride=2), norm(2 * c), nn.ReLU(inplace=True)]
+            layers += [conv(c, 2 * c, 4, stride=2), norm(2 * c, config.norm), nn.ReLU(inplace=True)]
             c *= 2
-        layers += [ResidualBlock(c) for _ in range(config.blocks)]
+        layers += [ResidualBlock(c, config.norm) for _ in range(config.blocks)]
         self.body = nn.Sequential(*layers)
         self.mean = nn.Conv2d(c, config.latent_channels, 1)
         self.log_variance = nn.Conv2d(c, config.latent_channels, 1)
@@ -36,10 +36,10 @@ class Decoder(nn.Module):
         super().__init__()
         c = config.channels * 2**config.downsamples
         layers: list[nn.Module] = [conv(config.latent_channels, c, 3)]
-        layers += [ResidualBlock(c) for _ in range(config.blocks)]
+        layers += [ResidualBlock(c, config.norm) for _ in range(config.blocks)]
         for _ in range(config.downsamples):
             # Resize then convolve: no checkerboard artefacts, unlike transposed convolutions.
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv(c, c // 2), norm(c // 2), nn.ReLU(inplace=True)]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv(c, c // 2), norm(c // 2, config.norm), nn.ReLU(inplace=True)]
             c //= 2
         layers += [conv(c, out_channels, 7), nn.Tanh()]
         self.body = nn.Sequential(*layers)
