@@ -26,3 +26,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """B x 3 x H x W -> B x 1 x H x W (Rec. 601 weights): what the scratch detector sees."""
+    return 0.299 * image[:, :1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]

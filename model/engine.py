@@ -9,16 +9,15 @@ blended with weights that ramp down towards each tile's edges, so no seam shows.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .device import autocast, pick_device, pick_precision
-from .restorer import RestorerNetwork, to_image, to_tensor
-
-ScratchMode = Literal["auto", "on", "off"]
+from .blocks import luminance
+from .restorer import RestorerNetwork, ScratchMode, to_image, to_tensor
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -69,7 +68,7 @@ class Restorer:
         if scratch == "off":
             mask = torch.zeros(1, 1, *x.shape[-2:])
         else:
-            probability = self._blended(x, tiles, 1, lambda t, region: torch.sigmoid(self.network.scratch(self._gray(t))))
+            probability = self._blended(x, tiles, 1, lambda t, region: torch.sigmoid(self.network.scratch(luminance(t))))
             mask = (probability > self.network.config.scratch.threshold).float()
         use_global = scratch == "on" or bool(mask.any())
         out = self._blended(x, tiles, 3, lambda t, region: self.network(
@@ -83,10 +82,6 @@ class Restorer:
                 "damaged_fraction": float(mask_out.mean()), "precision": str(self.dtype).removeprefix("torch."),
                 "device": str(self.device), "seconds": time.perf_counter() - started}
         return restored, mask_out, info
-
-    @staticmethod
-    def _gray(t: torch.Tensor) -> torch.Tensor:
-        return 0.299 * t[:, :1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3]
 
     def _blended(self, x: torch.Tensor, tiles: list[tuple[int, int, int, int]], channels: int, run) -> torch.Tensor:
         """run(tile, region) on every tile; the results blended into one image of `channels` channels."""

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .blocks import luminance
 from .config import ModelConfig
 from .device import autocast
 from .mapping import Mapping, latent_mask
@@ -35,8 +36,7 @@ class RestorerNetwork(nn.Module):
 
     def detect(self, image: torch.Tensor) -> torch.Tensor:
         """Damage mask (B x 1 x H x W, 0/1) of images in [-1, 1]."""
-        gray = (0.299 * image[:, :1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3])
-        return (torch.sigmoid(self.scratch(gray).float()) > self.config.scratch.threshold).float()
+        return (torch.sigmoid(self.scratch(luminance(image)).float()) > self.config.scratch.threshold).float()
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1], H and W multiples of 2**downsamples; mask None: the local branch only."""

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .blocks import luminance
 from .config import ModelConfig
 from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
@@ -244,19 +245,15 @@ class ScratchTrainer(StageTrainer):
     def build(self) -> dict[str, nn.Module]:
         return {"detector": ScratchDetector(self.config.scratch)}
 
-    @staticmethod
-    def gray(image: torch.Tensor) -> torch.Tensor:
-        return 0.299 * image[:, :1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]
-
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         with self.autocast():
-            logits = self.wrapped["detector"](self.gray(batch["degraded"]))
+            logits = self.wrapped["detector"](luminance(batch["degraded"]))
         loss = bce_dice(logits, batch["mask"])
         self._update("detector", loss)
         return {"total": loss}
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
-        logits = self.trained["detector"](self.gray(batch["degraded"]))
+        logits = self.trained["detector"](luminance(batch["degraded"]))
         return [batch["degraded"], torch.sigmoid(logits.float()) * 2 - 1, batch["mask"] * 2 - 1]
 
 

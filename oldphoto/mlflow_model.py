@@ -9,14 +9,13 @@ import numpy as np
 
 class RestorerModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from oldphoto.model.engine import Restorer
         from oldphoto.models import load_restorer
 
-        self.network = load_restorer(context.artifacts["bundle"])
+        self.restorer = Restorer(load_restorer(context.artifacts["bundle"]))
 
     def predict(self, context, model_input, params=None):
         """A uint8 image (H x W x 3 or H x W) or a list of them -> the restored images."""
-        from oldphoto.model.restorer import restore_whole
-
         images = model_input if isinstance(model_input, list) else [model_input]
-        restored = [restore_whole(self.network, np.asarray(image, np.uint8))[0] for image in images]
+        restored = [self.restorer.restore(np.asarray(image, np.uint8))[0] for image in images]
         return restored if isinstance(model_input, list) else restored[0]
