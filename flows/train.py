@@ -42,10 +42,11 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
     runs = open_runs(checkpoints, stages, config, tracking_uri)
     results = [train_stage(stage, config, pairs, real, checkpoints, runs["stages"][stage], tracking_uri)
                for stage in stages]
+    registered = runs.get("registered")
     trained_now = any(r["steps"] > r["resumed_at"] for r in results)
     # A rerun of a finished training trains nothing and registers nothing new.
-    registered = runs.get("registered") if not trained_now and runs.get("registered", {}).get("name") == model_name \
-        else register_restorer(checkpoints, runs["parent"], tracking_uri, model_name)
+    if trained_now or not registered or registered["name"] != model_name:
+        registered = register_restorer(checkpoints, runs["parent"], tracking_uri, model_name)
     close_runs(runs, stages, tracking_uri)
 
     lines = ["# Training", "", f"checkpoints: `{checkpoints}`", f"MLflow run: `{runs['parent']}`",

@@ -41,9 +41,10 @@ class Restorer:
     """restore(image) -> (restored, mask, info) for uint8 RGB (H x W x 3) or grayscale (H x W) images."""
 
     def __init__(self, network: RestorerNetwork, device: str = "auto", precision: str = "auto",
-                 tile: int = 512, overlap: int = 64):
+                 tile: int | None = 512, overlap: int = 64):
+        """tile None: the whole image in one piece (memory grows with the image)."""
         multiple = network.multiple
-        if tile % multiple or tile <= 2 * overlap:
+        if tile is not None and (tile % multiple or tile <= 2 * overlap):
             raise ValueError(f"tile {tile} must be a multiple of {multiple} and more than twice the overlap {overlap}")
         self.device = pick_device(device)
         self.dtype = pick_precision(self.device, precision)
@@ -51,6 +52,8 @@ class Restorer:
         self.tile, self.overlap = tile, overlap
 
     def _tiles(self, h: int, w: int) -> list[tuple[int, int, int, int]]:
+        if self.tile is None:
+            return [(0, 0, h, w)]
         return [(y, x, min(self.tile, h), min(self.tile, w))
                 for y in tile_starts(h, self.tile, self.overlap) for x in tile_starts(w, self.tile, self.overlap)]
 

@@ -18,8 +18,9 @@ class PartialNonLocal(nn.Module):
         s_ij = (1 - m_j) f_ij / sum_k (1 - m_k) f_ik,   O_i = nu(sum_j s_ij mu(F_j)),
         out_i = m_i O_i + (1 - m_i) F_i.
     Queries are processed query_chunk at a time, so memory grows with N, never with N x N; only
-    damaged positions are queried at all. Nothing of the output depends on features at damaged
-    positions. With no valid position in the image, damaged positions get nu(0).
+    damaged positions are queried at all. Features at damaged positions are never attended to (a
+    damaged position's own features still form its query, as in the method). With no valid position
+    in the image, damaged positions get nu(0).
     """
 
     def __init__(self, channels: int, attention_channels: int, query_chunk: int = 4096):
@@ -60,7 +61,7 @@ class PartialNonLocal(nn.Module):
 
 def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A full-resolution mask on the latent grid: a latent cell is damaged if any pixel in it is."""
-    return (F.adaptive_max_pool2d(mask.float(), size) > 0).to(mask.dtype if mask.is_floating_point() else torch.float32)
+    return (F.adaptive_max_pool2d(mask.float(), size) > 0).float()
 
 
 class Mapping(nn.Module):

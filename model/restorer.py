@@ -11,7 +11,6 @@ from torch import nn
 
 from .blocks import luminance
 from .config import ModelConfig
-from .device import autocast
 from .mapping import Mapping, latent_mask
 from .scratch import ScratchDetector
 from .vae import Decoder, Encoder
@@ -67,22 +66,3 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def to_image(tensor: torch.Tensor) -> np.ndarray:
     return tensor[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-@torch.inference_mode()
-def restore_whole(network: RestorerNetwork, image: np.ndarray, scratch: ScratchMode = "auto",
-                  dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Restore one uint8 image in one piece (the tiled engine builds on this): restored image, mask."""
-    device = next(network.parameters()).device
-    h, w = image.shape[:2]
-    x = to_tensor(image).to(device)
-    m = network.multiple
-    x = nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="replicate").contiguous(memory_format=torch.channels_last)
-    with autocast(device, dtype):
-        mask = network.detect(x) if scratch != "off" else torch.zeros_like(x[:, :1])
-        use_global = scratch == "on" or bool(mask.any())
-        out = network(x, mask if use_global else None)
-    restored = to_image(out[..., :h, :w])
-    if image.ndim == 2:
-        restored = np.round(restored.mean(axis=2)).astype(np.uint8)
-    return restored, mask[0, 0, :h, :w].bool().cpu().numpy()

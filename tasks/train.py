@@ -160,10 +160,13 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
     train_loop(trainer, next_batch, t.steps, on_metrics=on_metrics, on_preview=on_preview, on_checkpoint=on_checkpoint)
     seconds = time.perf_counter() - started
     if client and trainer.step_count > resumed_at:
-        with tempfile.TemporaryDirectory() as folder:
-            local = Path(folder) / f"{stage}.pt"
-            local.write_bytes(storage.read_bytes(url))
-            client.log_artifact(run_id, str(local), "checkpoints")
+        if "://" not in url:
+            client.log_artifact(run_id, url, "checkpoints")
+        else:  # MLflow logs local files: fetch a remote checkpoint first
+            with tempfile.TemporaryDirectory() as folder:
+                local = Path(folder) / f"{stage}.pt"
+                local.write_bytes(storage.read_bytes(url))
+                client.log_artifact(run_id, str(local), "checkpoints")
     return {"stage": stage, "checkpoint": url, "steps": trainer.step_count, "resumed_at": resumed_at,
             "seconds": round(seconds, 2), "device": str(device_), "precision": str(dtype).removeprefix("torch.")}
 

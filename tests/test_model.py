@@ -15,7 +15,8 @@ from oldphoto.model.config import ModelConfig
 from oldphoto.model.discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from oldphoto.model.losses import VGG19_LAYOUT, VGGLoss, bce_dice, feature_matching, focal, kl_divergence, lsgan
 from oldphoto.model.mapping import Mapping, PartialNonLocal, latent_mask
-from oldphoto.model.restorer import RestorerNetwork, restore_whole
+from oldphoto.model.engine import Restorer
+from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.model.scratch import ScratchDetector
 from oldphoto.model.vae import VAE
 
@@ -159,7 +160,7 @@ def test_restorer_bundle_round_trip_and_restore(photo):
     for (k, a), (_, b) in zip(network.state_dict().items(), copy.state_dict().items()):
         assert torch.equal(a, b), k
     for image in (photo[:37, :61], photo[..., 0]):  # odd sizes and grayscale
-        restored, mask = restore_whole(copy, image)
+        restored, mask, _ = Restorer(copy, tile=None).restore(image)
         assert restored.shape == image.shape and restored.dtype == np.uint8
         assert mask.shape == image.shape[:2] and mask.dtype == bool
     with pytest.raises(ValueError, match="not an oldphoto restorer bundle"):

@@ -177,7 +177,7 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     from mlflow import MlflowClient
 
     from oldphoto.flows.train import train
-    from oldphoto.model.restorer import restore_whole
+    from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
 
     checkpoints = str(tmp_path / "ckpt")
@@ -207,7 +207,7 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     assert version.run_id == result["run_id"]
     client.set_registered_model_alias("test-restorer", "champion", result["version"])
     for ref in ("models:/test-restorer@champion", result["uri"], result["run_uri"], f"{checkpoints}/restorer.pt"):
-        restored, mask = restore_whole(load_restorer(ref), photo)
+        restored, mask, _ = Restorer(load_restorer(ref)).restore(photo)
         assert restored.shape == photo.shape and restored.std() > 0
 
     again = train(pairs, real, TINY, checkpoints=checkpoints, model_name="test-restorer")
