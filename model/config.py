@@ -22,6 +22,7 @@ class VAEConfig(_Strict):
     latent_channels: int = Field(64, gt=0)
     blocks: int = Field(2, ge=0, description="residual blocks on each side of the latent")
     norm: Literal["batch", "instance"] = Field("batch", description="instance: the reference's; batch: tiles exactly")
+    stem_kernel: int = Field(7, ge=1, description="kernel of the full-resolution first and last convolutions")
 
 
 class MappingConfig(_Strict):
@@ -36,6 +37,7 @@ class ScratchConfig(_Strict):
     channels: int = Field(16, gt=0, description="width of the first U-Net level; doubles per level")
     depth: int = Field(3, ge=1, description="downsamplings of the U-Net")
     threshold: float = Field(0.4, gt=0, lt=1, description="on the sigmoid, as the reference detector")
+    scale: int = Field(1, ge=1, description="detect on the photo downscaled by this factor, then upsample the logits")
 
 
 class DiscriminatorConfig(_Strict):
@@ -100,8 +102,14 @@ PRESETS: dict[str, ModelConfig] = {
         discriminator=DiscriminatorConfig(channels=64, layers=3, scales=2),
         train=TrainConfig(crop=256, batch_size=8),
     ),
-    # What we ship: the whole restore path under 1 MFLOP per input pixel (see tests/test_model.py).
-    "default": ModelConfig(name="default"),
+    # What we ship, sized for 1 megapixel/s on a 2-core CPU: a 64-wide mapping, 3x3 stems, and
+    # scratch detection at half resolution (about 0.1 MFLOP per input pixel; tests/test_model.py).
+    "default": ModelConfig(
+        name="default",
+        vae=VAEConfig(stem_kernel=3),
+        mapping=MappingConfig(channels=64, blocks=1),
+        scratch=ScratchConfig(channels=8, scale=2),
+    ),
     # For tests: a few steps in seconds on a CPU.
     "tiny": ModelConfig(
         name="tiny",

@@ -3,30 +3,36 @@
 Two passes over the same tiles: scratch detection (probabilities blended, then thresholded into one
 mask for the whole image), then global restoration of each tile with its part of the mask (the
 partial non-local block attends within the tile's latent grid). Where tiles overlap, outputs are
-blended with weights that ramp down towards each tile's edges, so no seam shows.
+blended with weights that ramp down towards each tile's edges, so no seam shows. Only the tile being
+computed is held as float tensors; the image itself stays in its own dtype.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .device import autocast, pick_device, pick_precision
 from .blocks import luminance
-from .restorer import RestorerNetwork, ScratchMode, to_image, to_tensor
+from .device import autocast, pick_device, pick_precision
+from .restorer import RestorerNetwork, ScratchMode
+
+Span = tuple[int, int]  # start, length
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size tile covering [0, length), neighbours overlapping by >= overlap."""
+def tile_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[Span]:
+    """Equal tiles of at most `tile` (multiples of `multiple`) covering [0, length) with neighbours
+    overlapping by at least `overlap`; evenly spread, so that no tile is wasted on a sliver."""
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+        return [(0, length)]
+    count = math.ceil((length - overlap - multiple) / (tile - overlap - multiple))
+    size = min(tile, -(-math.ceil((length + (count - 1) * (overlap + multiple)) / count) // multiple) * multiple)
+    last = length - size
+    starts = [i * last // (count - 1) // multiple * multiple for i in range(count - 1)] + [last]
+    return [(s, size) for s in starts]
 
 
 def blend_window(height: int, width: int, overlap: int) -> torch.Tensor:
@@ -37,65 +43,94 @@ def blend_window(height: int, width: int, overlap: int) -> torch.Tensor:
     return ramp(height)[:, None] * ramp(width)[None, :]
 
 
+def split_channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(colour or gray, alpha or None) of an H x W, H x W x 2 (gray + alpha), x 3 or x 4 (RGBA) image."""
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        return image[..., :-1].squeeze(2) if image.shape[2] == 2 else image[..., :3], image[..., -1]
+    return image, None
+
+
 class Restorer:
-    """restore(image) -> (restored, mask, info) for uint8 RGB (H x W x 3) or grayscale (H x W) images."""
+    """restore(image) -> (restored, mask, info) for uint8 or uint16 images: gray (H x W), gray + alpha
+    (H x W x 2), RGB (H x W x 3) or RGBA (H x W x 4). The output has the input's shape and dtype; alpha
+    is returned untouched and gray stays gray."""
 
     def __init__(self, network: RestorerNetwork, device: str = "auto", precision: str = "auto",
-                 tile: int | None = 512, overlap: int = 64):
+                 tile: int | None = 512, overlap: int = 32):
         """tile None: the whole image in one piece (memory grows with the image)."""
         multiple = network.multiple
         if tile is not None and (tile % multiple or tile <= 2 * overlap):
             raise ValueError(f"tile {tile} must be a multiple of {multiple} and more than twice the overlap {overlap}")
         self.device = pick_device(device)
         self.dtype = pick_precision(self.device, precision)
-        self.network = network.to(self.device).eval().fast()
+        self.network = network.folded().to(self.device)
         self.tile, self.overlap = tile, overlap
 
     def _tiles(self, h: int, w: int) -> list[tuple[int, int, int, int]]:
         if self.tile is None:
             return [(0, 0, h, w)]
-        return [(y, x, min(self.tile, h), min(self.tile, w))
-                for y in tile_starts(h, self.tile, self.overlap) for x in tile_starts(w, self.tile, self.overlap)]
+        m = self.network.multiple
+        return [(y, x, th, tw) for y, th in tile_spans(h, self.tile, self.overlap, m)
+                for x, tw in tile_spans(w, self.tile, self.overlap, m)]
 
     @torch.inference_mode()
     def restore(self, image: np.ndarray, scratch: ScratchMode = "auto") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """scratch "off": no detection, local restoration only; "auto": detect, and run the partial
+        non-local branch on the tiles where damage was found; "on": run it on every tile."""
         started = time.perf_counter()
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-            raise ValueError(f"expected a uint8 H x W x 3 or H x W image, got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
+        if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
+            raise ValueError(f"expected a uint8 or uint16 image of 1 to 4 channels (H x W [x C]), got {image.dtype} {image.shape}")
+        colour, alpha = split_channels(image)
+        h, w = colour.shape[:2]
+        scale = float(np.iinfo(image.dtype).max)
         m = self.network.multiple
-        x = to_tensor(image)
-        x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")  # the latent grid needs multiples of m
-        tiles = self._tiles(*x.shape[-2:])
+        rgb = colour if colour.ndim == 3 else colour[..., None]
+        # The latent grid needs sides that are multiples of m: pad by repeating the edge.
+        rgb = np.pad(rgb, ((0, -h % m), (0, -w % m), (0, 0)), mode="edge")
+        tiles = self._tiles(*rgb.shape[:2])
+
+        def tensor(y: int, x: int, th: int, tw: int) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(rgb[y : y + th, x : x + tw])).float().mul_(2 / scale).sub_(1)
+            t = t.expand(th, tw, 3) if t.shape[2] == 1 else t
+            return t.permute(2, 0, 1)[None].to(self.device).contiguous(memory_format=torch.channels_last)
 
         if scratch == "off":
-            mask = torch.zeros(1, 1, *x.shape[-2:])
+            mask = torch.zeros(1, 1, *rgb.shape[:2], dtype=torch.bool)
         else:
-            probability = self._blended(x, tiles, 1, lambda t, region: torch.sigmoid(self.network.scratch(luminance(t))))
-            mask = (probability > self.network.config.scratch.threshold).float()
-        use_global = scratch == "on" or bool(mask.any())
-        out = self._blended(x, tiles, 3, lambda t, region: self.network(
-            t, mask[region].to(self.device) if use_global else None))
+            probability = self._blended(tensor, tiles, 1, lambda t, region: torch.sigmoid(self.network.scratch(luminance(t))))
+            mask = probability > self.network.config.scratch.threshold
+        global_tiles = 0
 
-        restored = to_image(out[..., :h, :w])
-        if image.ndim == 2:
-            restored = np.round(restored.mean(axis=2)).astype(np.uint8)
-        mask_out = mask[0, 0, :h, :w].bool().numpy()
-        info = {"height": h, "width": w, "tiles": len(tiles), "global_branch": use_global,
+        def restore_tile(t: torch.Tensor, region) -> torch.Tensor:
+            nonlocal global_tiles
+            tile_mask = mask[region]
+            use_global = scratch == "on" or (scratch == "auto" and bool(tile_mask.any()))
+            global_tiles += use_global
+            return self.network(t, tile_mask.to(self.device) if use_global else None)
+
+        out = self._blended(tensor, tiles, 3, restore_tile)[0, :, :h, :w].permute(1, 2, 0)
+        restored = out.clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
+        if colour.ndim == 2:  # gray in, gray out: the luminance the network restored
+            restored = np.round(restored.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(image.dtype)
+        if alpha is not None:
+            restored = np.concatenate([restored.reshape(h, w, -1), alpha[..., None]], axis=2)
+        mask_out = mask[0, 0, :h, :w].numpy()
+        info = {"height": h, "width": w, "tiles": len(tiles), "global_tiles": global_tiles,
                 "damaged_fraction": float(mask_out.mean()), "precision": str(self.dtype).removeprefix("torch."),
                 "device": str(self.device), "seconds": time.perf_counter() - started}
         return restored, mask_out, info
 
-    def _blended(self, x: torch.Tensor, tiles: list[tuple[int, int, int, int]], channels: int, run) -> torch.Tensor:
+    def _blended(self, tensor, tiles: list[tuple[int, int, int, int]], channels: int, run) -> torch.Tensor:
         """run(tile, region) on every tile; the results blended into one image of `channels` channels."""
-        total = torch.zeros(1, channels, *x.shape[-2:])
-        weight = torch.zeros(1, 1, *x.shape[-2:])
-        for y, x0, th, tw in tiles:
-            region = (..., slice(y, y + th), slice(x0, x0 + tw))
-            tile = x[region].to(self.device).contiguous(memory_format=torch.channels_last)
+        h = max(y + th for y, _, th, _ in tiles)
+        w = max(x + tw for _, x, _, tw in tiles)
+        total = torch.zeros(1, channels, h, w)
+        weight = torch.zeros(1, 1, h, w)
+        for y, x, th, tw in tiles:
+            region = (..., slice(y, y + th), slice(x, x + tw))
             with autocast(self.device, self.dtype):
-                result = run(tile, region)
+                result = run(tensor(y, x, th, tw), region)
             window = blend_window(th, tw, self.overlap)
             total[region] += result.float().cpu() * window
             weight[region] += window
-        return total / weight
+        return total.div_(weight)

@@ -3,11 +3,13 @@ decoder); saved and loaded as a bundle of plain tensors and the config (safe wit
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import luminance
 from .config import ModelConfig
@@ -32,6 +34,18 @@ class RestorerNetwork(nn.Module):
     def fast(self) -> "RestorerNetwork":
         """channels_last weights: several times faster convolutions on CPUs (oneDNN) and GPUs."""
         return self.to(memory_format=torch.channels_last)
+
+    def folded(self) -> "RestorerNetwork":
+        """A copy for inference with every batch norm folded into the convolution before it: the
+        same function, one memory pass less per layer."""
+        network = copy.deepcopy(self).eval()
+        for module in network.modules():
+            if isinstance(module, nn.Sequential):
+                for i in range(len(module) - 1):
+                    if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                        module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                        module[i + 1] = nn.Identity()
+        return network.fast()
 
     def detect(self, image: torch.Tensor) -> torch.Tensor:
         """Damage mask (B x 1 x H x W, 0/1) of images in [-1, 1]."""

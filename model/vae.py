@@ -17,7 +17,7 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig, in_channels: int = 3):
         super().__init__()
         c = config.channels
-        layers: list[nn.Module] = [conv(in_channels, c, 7), norm(c, config.norm), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [conv(in_channels, c, config.stem_kernel), norm(c, config.norm), nn.ReLU(inplace=True)]
         for _ in range(config.downsamples):
             layers += [conv(c, 2 * c, 4, stride=2), norm(2 * c, config.norm), nn.ReLU(inplace=True)]
             c *= 2
@@ -41,7 +41,7 @@ class Decoder(nn.Module):
             # Resize then convolve: no checkerboard artefacts, unlike transposed convolutions.
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv(c, c // 2), norm(c // 2, config.norm), nn.ReLU(inplace=True)]
             c //= 2
-        layers += [conv(c, out_channels, 7), nn.Tanh()]
+        layers += [conv(c, out_channels, config.stem_kernel), nn.Tanh()]
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

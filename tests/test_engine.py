@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oldphoto.model.config import ModelConfig
-from oldphoto.model.engine import Restorer, blend_window, tile_starts
+from oldphoto.model.engine import Restorer, blend_window, tile_spans
 from oldphoto.model.restorer import RestorerNetwork
 
 
@@ -33,10 +33,14 @@ def picture() -> np.ndarray:
 
 
 def test_tiles_cover_the_image_with_the_overlap():
-    assert tile_starts(100, 128, 32) == [0]
-    starts = tile_starts(420, 128, 32)
-    assert starts[0] == 0 and starts[-1] == 420 - 128
-    assert all(b - a <= 128 - 32 for a, b in zip(starts, starts[1:]))
+    assert tile_spans(100, 128, 32, 4) == [(0, 100)]
+    for length in (129, 420, 2048, 3001):
+        spans = tile_spans(length, 128, 32, 4)
+        assert spans[0][0] == 0 and sum(spans[-1]) == length
+        assert all(size <= 128 and size % 4 == 0 and start % 4 == 0 for start, size in spans[:-1])
+        assert all(a + size - b >= 32 for (a, size), (b, _) in zip(spans, spans[1:]))
+        # evenly spread: as few tiles as the overlap allows, and not much more pixels than the image
+        assert len(spans) <= -(-(length - 32) // (128 - 36)) and len(spans) * spans[0][1] < 1.5 * length
     window = blend_window(64, 64, 16)
     assert window.min() > 0 and window[32, 32] == 1 and window[0, 0] < 0.01
 
@@ -46,7 +50,7 @@ def test_tiled_restoration_equals_the_whole_image(network, picture):
     tiled, mask, info = Restorer(network, tile=128, overlap=32).restore(picture, scratch="off")
     whole, _, one = Restorer(network, tile=None).restore(picture, scratch="off")
     assert one["tiles"] == 1
-    assert info["tiles"] == 15 and not info["global_branch"] and not mask.any()
+    assert info["tiles"] == 15 and info["global_tiles"] == 0 and not mask.any()
     assert psnr(tiled, whole) > 50
 
 
