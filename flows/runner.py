@@ -21,9 +21,10 @@ LOCAL_CLUSTER_CONFIG = {
 }
 
 
-def dask_runner(workers: int | None = None, address: str | None = None,
-                preload: tuple[str, ...] = ()) -> DaskTaskRunner:
-    """preload: modules that local workers import as they start, before the flow's clock runs."""
+def dask_runner(workers: int | None = None, address: str | None = None, preload: tuple[str, ...] = (),
+                env: dict[str, str] | None = None) -> DaskTaskRunner:
+    """preload: modules that local workers import as they start, before the flow's clock runs;
+    env: environment variables of the local worker processes."""
     address = address or get_settings().dask_address
     if address:
         if workers:
@@ -33,4 +34,4 @@ def dask_runner(workers: int | None = None, address: str | None = None,
     # One single-threaded process per worker: the work is numpy/OpenCV/torch, not Python threads.
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None,
-                                          "preload": list(preload)})
+                                          "preload": list(preload), "env": env or {}})

@@ -8,12 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .settings import configure
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (also OLDPHOTO_* environment variables)")
     group.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
-    group.add_argument("--workers", type=int, help="local Dask worker processes (default 2)")
+    group.add_argument("--workers", type=int, help="local Dask worker processes")
     group.add_argument("--dask-address", help="use an existing Dask scheduler, tcp://HOST:PORT")
 
 
@@ -39,6 +40,32 @@ def synth(args: argparse.Namespace) -> int:
         summary = synthesize.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    import os
+
+    from .flows.restore import restore_archive
+    from .flows.runner import dask_runner
+    from .prefect_api import prefect_api
+    from .storage import absolute
+    from .tasks.restore import RestoreConfig
+
+    settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
+                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device)
+    config = RestoreConfig(**{k: v for k, v in {
+        "model": args.model, "scratch": args.scratch, "device": settings.device, "batch_size": args.batch_size,
+        "force": args.force, "max_pixels": args.max_pixels}.items() if v is not None})
+    # One local worker by default, with all cores for torch's threads: the model is loaded once, and
+    # reading and writing overlap inside the worker. More workers split the cores between them.
+    workers = args.workers or (None if settings.dask_address else 1)
+    threads = str(max(1, (os.cpu_count() or 1) // (workers or 1)))
+    runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore",),
+                         env={"OMP_NUM_THREADS": threads})
+    with prefect_api():
+        summary = restore_archive.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["failed"] else 0
 
 
 def sheet(args: argparse.Namespace) -> int:
@@ -127,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--degradation", default="default", help="preset (default, v2, corruptions) or JSON file")
     _add_settings(p)
     p.set_defaults(run=synth)
+
+    p = commands.add_parser("restore", help="restore every photo under SRC into DST, with a manifest and a report")
+    p.add_argument("src", help="folder, single file or URL (s3://bucket/prefix) of scans; never modified")
+    p.add_argument("dst", help="folder or URL: DST/<same relative path>, DST/_manifest/, DST/_report/index.html")
+    p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
+    p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, help="images per task (default 4)")
+    p.add_argument("--force", action="store_true", default=None, help="restore again what the manifest says is done")
+    p.add_argument("--max-pixels", type=int, help="refuse larger images (default 200 million)")
+    p.add_argument("--mlflow-tracking-uri", help="MLflow server or database for models:/ and runs:/ references")
+    _add_settings(p)
+    p.set_defaults(run=restore)
 
     p = commands.add_parser("sheet", help="contact sheet of synthetic pairs beside real old photographs")
     p.add_argument("pairs", help="folder or URL of synthesized shards")

@@ -1,0 +1,267 @@
+"""Prefect tasks of bulk restoration: plan the inputs, restore batches on workers, keep the manifest,
+write the report.
+
+Each input key gives DST/<key> in the same format. The manifest is Parquet under DST/_manifest/: each
+batch appends a part file once its outputs are written, and the end of a run folds the parts into
+manifest.parquet (the latest row per key). A run killed midway therefore loses at most its unfinished
+batches, which the next run redoes; outputs are written atomically, so none is ever torn.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+import io
+import os
+import posixpath
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from prefect import task
+from pydantic import BaseModel, Field
+
+from oldphoto import storage
+from oldphoto.images import DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, decode_archive, encode_archive
+
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "weights" / "default.pt")
+MANIFEST_DIR, REPORT_DIR = "_manifest", "_report"
+THUMBNAIL = 256
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("size", pa.int64()),
+    ("sha256", pa.string()),
+    ("status", pa.string()),  # restored, failed, skipped
+    ("reason", pa.string()),
+    ("output_key", pa.string()),
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("seconds", pa.float64()),
+    ("finished_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+class RestoreConfig(BaseModel):
+    """How an archive is restored; the defaults run on a laptop with the shipped model."""
+
+    model: str = Field(DEFAULT_MODEL, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...")
+    scratch: Literal["auto", "on", "off"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    tile: int = Field(512, ge=64, description="tile size of the engine: bounds memory whatever the image size")
+    batch_size: int = Field(4, gt=0, description="images per task")
+    force: bool = Field(False, description="restore again what the manifest says is done")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused (decompression bombs)")
+
+
+@functools.cache
+def restorer_for(model: str, device: str, precision: str, tile: int):
+    """The engine for a model, loaded once per process (per Dask worker), with the model's version:
+    a hash of its weights, so that the same weights count as the same model however referenced."""
+    from oldphoto.model.engine import Restorer
+    from oldphoto.models import load_restorer
+
+    network = load_restorer(model)
+    digest = hashlib.sha256(network.config.model_dump_json().encode())
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode() + tensor.cpu().numpy().tobytes())
+    return Restorer(network, device, precision, tile), digest.hexdigest()[:16]
+
+
+@task
+def check_model(config: RestoreConfig) -> str:
+    """Load the model before any image is touched: a missing or corrupt model file fails the run here."""
+    return restorer_for(config.model, config.device, config.precision, config.tile)[1]
+
+
+def is_safe_key(key: str) -> bool:
+    """Keys become paths under DST: no absolute paths, no '..', nothing that could escape it."""
+    return bool(key) and not key.startswith(("/", "\\")) and ".." not in key.replace("\\", "/").split("/")
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def list_inputs(src: str, dst: str) -> tuple[str, list[str]]:
+    """(root, keys) of the images to restore: SRC may be a folder, prefix or a single file. Outputs of
+    an earlier run are left out when DST lies inside SRC."""
+    keys = storage.list_images(src)
+    fs, path = storage.filesystem(src)
+    root = posixpath.dirname(src.rstrip("/")) if fs.isfile(path) else src
+    if storage.absolute(root).rstrip("/") == storage.absolute(dst).rstrip("/"):
+        raise ValueError(f"destination {dst} is the source folder: originals are never overwritten")
+    inside = posixpath.relpath(storage.absolute(dst), storage.absolute(root)) if _same_store(root, dst) else ".."
+    if not inside.startswith(".."):
+        keys = [k for k in keys if not (k == inside or k.startswith(inside.rstrip("/") + "/"))]
+    return root, keys
+
+
+def _same_store(a: str, b: str) -> bool:
+    return ("://" in a) == ("://" in b) and a.split("://")[0] == b.split("://")[0]
+
+
+def read_manifest(dst: str) -> dict[str, dict[str, Any]]:
+    """The latest manifest row of every key: manifest.parquet and any parts a killed run left."""
+    folder = storage.join(dst, MANIFEST_DIR)
+    if not storage.exists(folder):
+        return {}
+    fs, path = storage.filesystem(folder)
+    latest: dict[str, dict[str, Any]] = {}
+    for file in sorted(fs.glob(posixpath.join(path, "*.parquet"))):
+        try:
+            rows = pq.read_table(io.BytesIO(fs.cat_file(file))).to_pylist()
+        except Exception:
+            continue  # a stray unreadable file: its rows are redone, nothing is lost
+        for row in rows:
+            if row["key"] not in latest or row["finished_at"] >= latest[row["key"]]["finished_at"]:
+                latest[row["key"]] = row
+    return latest
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def restore_batch(src: str, dst: str, keys: list[str], config: RestoreConfig, done: dict[str, str],
+                  run_id: str, batch: int) -> list[dict[str, Any]]:
+    """Restore keys from src into dst. done: key -> input sha256 restored earlier with this model.
+    Reading and decoding the next image, and encoding and writing the last, run in threads beside the
+    network (which releases the GIL); torch's own threads do the compute."""
+    restorer, version = restorer_for(config.model, config.device, config.precision, config.tile)
+    rows: list[dict[str, Any]] = []
+    pending: tuple[dict[str, Any], Future] | None = None  # the output being written
+    with ThreadPoolExecutor(max_workers=2) as io_pool:
+        loads = [io_pool.submit(_load, src, key, config.max_pixels) for key in keys[:1]]
+        for i, key in enumerate(keys):
+            if i + 1 < len(keys):  # one image ahead: overlap without holding a whole batch in memory
+                loads.append(io_pool.submit(_load, src, keys[i + 1], config.max_pixels))
+            started = time.perf_counter()
+            row = {"key": key, "size": None, "sha256": None, "status": "failed", "reason": None,
+                   "output_key": None, "model_name": config.model, "model_version": version}
+            try:
+                data, image = loads[i].result()
+                loads[i] = None  # free the decoded image once restored
+                row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+                if not config.force and done.get(key) == row["sha256"] and storage.exists(storage.join(dst, key)):
+                    row.update(status="skipped", output_key=key)
+                else:
+                    if isinstance(image, Exception):
+                        raise image
+                    restored, _, _ = restorer.restore(image.pixels, config.scratch)
+                    _settle(pending)
+                    pending = row, io_pool.submit(_write, dst, key, image, restored)
+                    row.update(status="restored", output_key=key)
+            except OSError as error:
+                if not isinstance(error, FileNotFoundError):
+                    raise  # storage trouble, not a bad input: the task's retries take it
+                row["reason"] = f"{type(error).__name__}: {error}"
+            except Exception as error:  # a bad input fails alone, with its reason; the batch goes on
+                row["reason"] = error.reason if isinstance(error, UnreadableImage) else f"{type(error).__name__}: {error}"
+            row["seconds"] = time.perf_counter() - started
+            rows.append(row)
+        _settle(pending)
+    now = datetime.now(timezone.utc)
+    for row in rows:
+        row["finished_at"] = now
+    _write_part(dst, f"part-{run_id}-{batch:06d}.parquet", rows)
+    return rows
+
+
+def _settle(pending: tuple[dict[str, Any], Future] | None) -> None:
+    if pending is not None:
+        row, future = pending
+        try:
+            future.result()
+        except OSError:
+            raise  # storage trouble: the task's retries take it
+        except Exception as error:  # e.g. an alpha channel that the output format cannot hold
+            row.update(status="failed", reason=f"writing the output: {type(error).__name__}: {error}", output_key=None)
+
+
+def _load(src: str, key: str, max_pixels: int) -> tuple[bytes, ArchiveImage | Exception]:
+    """Raw bytes (their hash decides skipping) and the decoded image, or the error decoding gave."""
+    if not is_safe_key(key):
+        raise ValueError(f"{key!r}: key would write outside the destination")
+    data = storage.read_bytes(storage.join(src, key))
+    try:
+        return data, decode_archive(data, key, max_pixels)
+    except UnreadableImage as error:
+        return data, error
+
+
+def _write(dst: str, key: str, image: ArchiveImage, restored: np.ndarray) -> None:
+    output = ArchiveImage(restored, image.format, image.exif, image.icc_profile, image.dpi, image.converted_from,
+                          image.tiff_tags)
+    storage.write_bytes_atomic(storage.join(dst, key), encode_archive(output))
+    before, after = _thumbnail(image.pixels), _thumbnail(restored)
+    name = hashlib.sha256(key.encode()).hexdigest()[:20]
+    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, "thumbs", f"{name}-before.jpg"), before)
+    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, "thumbs", f"{name}-after.jpg"), after)
+
+
+def _thumbnail(pixels: np.ndarray) -> bytes:
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        pixels = pixels[..., :-1].squeeze()
+    image = Image.fromarray(pixels)
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def _write_part(dst: str, name: str, rows: list[dict[str, Any]]) -> None:
+    out = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), out, compression="zstd")
+    storage.write_bytes_atomic(storage.join(dst, MANIFEST_DIR, name), out.getvalue())
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def fold_manifest(dst: str) -> str:
+    """Fold every part into manifest.parquet (the latest row per key), then remove the folded parts.
+    Killed in between, the next run folds the same rows again: the result is the same."""
+    rows = sorted(read_manifest(dst).values(), key=lambda r: r["key"])
+    fs, folder = storage.filesystem(storage.join(dst, MANIFEST_DIR))
+    parts = fs.glob(posixpath.join(folder, "part-*.parquet"))
+    _write_part(dst, "manifest.parquet", rows)
+    for part in parts:
+        fs.rm_file(part)
+    return storage.join(dst, MANIFEST_DIR, "manifest.parquet")
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def write_report(dst: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """DST/_report/index.html: the summary, before/after thumbnails of this run's images, the failures."""
+    def cell(value: Any) -> str:
+        return html.escape("" if value is None else str(value))
+
+    restored = [r for r in rows if r["status"] in ("restored", "skipped") and r["output_key"]]
+    failed = [r for r in rows if r["status"] == "failed"]
+    parts = ["<!doctype html><meta charset='utf-8'><title>oldphoto restore report</title>",
+             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;text-align:left;vertical-align:top}"
+             "img{max-width:256px}</style>", "<h1>oldphoto restore report</h1><table>"]
+    parts += [f"<tr><th>{cell(k)}</th><td>{cell(v)}</td></tr>" for k, v in summary.items()]
+    parts.append("</table>")
+    if failed:
+        parts.append(f"<h2>Failures ({len(failed)})</h2><table><tr><th>key</th><th>reason</th></tr>")
+        parts += [f"<tr><td>{cell(r['key'])}</td><td>{cell(r['reason'])}</td></tr>" for r in failed]
+        parts.append("</table>")
+    parts.append(f"<h2>Restored ({len(restored)})</h2><table><tr><th>key</th><th>before</th><th>after</th></tr>")
+    for r in restored:
+        name = hashlib.sha256(r["key"].encode()).hexdigest()[:20]
+        parts.append(f"<tr><td>{cell(r['key'])}<br>{cell(r['status'])}</td>"
+                     f"<td><img src='thumbs/{name}-before.jpg' alt='before'></td>"
+                     f"<td><img src='thumbs/{name}-after.jpg' alt='after'></td></tr>")
+    parts.append("</table>")
+    url = storage.join(dst, REPORT_DIR, "index.html")
+    storage.write_bytes_atomic(url, "\n".join(parts).encode())
+    return url
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}-{os.getpid()}"
