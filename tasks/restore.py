@@ -104,7 +104,9 @@ def list_inputs(src: str, dst: str) -> tuple[str, list[str]]:
 
 
 def _same_store(a: str, b: str) -> bool:
-    return ("://" in a) == ("://" in b) and a.split("://")[0] == b.split("://")[0]
+    def protocol(url: str) -> str:
+        return url.split("://")[0] if "://" in url else "file"
+    return protocol(a) == protocol(b)
 
 
 def read_manifest(dst: str) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,197 @@
+"""Bulk restoration end to end: an archive on S3 with everything archives hold, reruns, a killed run."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from oldphoto import storage
+from oldphoto.flows.restore import restore_archive
+from oldphoto.flows.runner import dask_runner
+from oldphoto.images import decode_archive
+from oldphoto.model.config import ModelConfig
+from oldphoto.model.restorer import RestorerNetwork
+from oldphoto.tasks.restore import RestoreConfig, is_safe_key, read_manifest
+
+from test_archive_images import SRGB, exif_with, huge_header_png
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), path)
+    return str(path)
+
+
+def picture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:h, :w]
+    image = np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), (x + y) % 256], 2) + rng.normal(0, 8, (h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def save(array: np.ndarray, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def archive() -> dict[str, bytes]:
+    """What a real archive bucket holds, good and bad."""
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, (picture(40, 56, 1).astype(np.uint16) * 257), photometric="rgb")
+    cmyk = io.BytesIO()
+    Image.fromarray(picture(40, 48, 2)).convert("CMYK").save(cmyk, format="JPEG")
+    jpeg = save(picture(64, 64, 3), "JPEG")
+    return {
+        "box 1/folder 2/plain photo.jpg": save(picture(48, 64), "JPEG", icc_profile=SRGB, dpi=(600, 600)),
+        "box 1/Fotografía ñandú 東京.png": save(picture(40, 40, 4), "PNG"),
+        "nested/a/b/c/deep.png": save(picture(36, 52, 5), "PNG"),
+        "rgba.png": save(np.dstack([picture(40, 44, 6), np.linspace(0, 255, 40 * 44).reshape(40, 44).astype(np.uint8)]), "PNG"),
+        "scan16.tif": tiff.getvalue(),
+        "gray.png": save(picture(44, 40, 7)[..., 0], "PNG"),
+        "cmyk.jpg": cmyk.getvalue(),
+        "rotated.jpg": save(picture(30, 50, 8), "JPEG", exif=exif_with(6)),
+        "tiny 1x1.png": save(picture(1, 1), "PNG"),
+        "empty.jpg": b"",
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "notes.jpg": b"this is a text file, not a photograph\n",
+        "bomb.png": huge_header_png(50_000, 50_000),
+    }
+
+
+FAILING = {"empty.jpg": "empty file", "truncated.jpg": "cannot decode", "notes.jpg": "cannot decode",
+           "bomb.png": "exceeds the limit"}
+
+
+def run(src: str, dst: str, **options) -> dict:
+    return restore_archive.with_options(task_runner=dask_runner(1))(src, dst, RestoreConfig(**options))
+
+
+def test_archive_on_s3_end_to_end(bucket, model):
+    s3 = boto3.client("s3", endpoint_url=os.environ["OLDPHOTO_S3_ENDPOINT_URL"])
+    name = bucket.removeprefix("s3://")
+    files = archive()
+    for key, data in files.items():
+        s3.put_object(Bucket=name, Key=f"scans/{key}", Body=data)
+
+    summary = run(f"{bucket}/scans", f"{bucket}/restored", model=model, batch_size=3, max_pixels=10_000_000)
+    assert (summary["images"], summary["restored"], summary["failed"], summary["skipped"]) == (13, 9, 4, 0)
+
+    # originals untouched
+    for key, data in files.items():
+        assert s3.get_object(Bucket=name, Key=f"scans/{key}")["Body"].read() == data
+
+    manifest = read_manifest(f"{bucket}/restored")
+    assert sorted(manifest) == sorted(files)
+    for key, reason in FAILING.items():
+        assert manifest[key]["status"] == "failed" and reason in manifest[key]["reason"]
+        assert not storage.exists(f"{bucket}/restored/{key}")
+    for key in set(files) - set(FAILING):
+        row = manifest[key]
+        assert row["status"] == "restored" and row["output_key"] == key and row["model_version"] == summary["model_version"]
+        assert row["size"] == len(files[key]) and len(row["sha256"]) == 64
+        source = decode_archive(files[key], key)
+        out = decode_archive(storage.read_bytes(f"{bucket}/restored/{key}"), key)
+        assert out.format == source.format and out.pixels.shape == source.pixels.shape
+        assert out.pixels.dtype == source.pixels.dtype
+
+    def restored(key):
+        return decode_archive(storage.read_bytes(f"{bucket}/restored/{key}"), key)
+    assert restored("scan16.tif").pixels.dtype == np.uint16
+    assert restored("gray.png").pixels.ndim == 2
+    rgba_in = decode_archive(files["rgba.png"], "rgba.png").pixels
+    assert np.array_equal(restored("rgba.png").pixels[..., 3], rgba_in[..., 3]), "alpha untouched"
+    assert restored("cmyk.jpg").pixels.shape == (40, 48, 3)
+    assert restored("rotated.jpg").pixels.shape == (50, 30, 3), "EXIF orientation applied"
+    plain = restored("box 1/folder 2/plain photo.jpg")
+    assert plain.icc_profile == SRGB and tuple(round(d) for d in plain.dpi) == (600, 600)
+
+    fs, path = storage.filesystem(f"{bucket}/restored/_manifest")
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(path)] == ["manifest.parquet"], "parts folded"
+    report = storage.read_bytes(f"{bucket}/restored/_report/index.html").decode()
+    assert "Failures (4)" in report and "exceeds the limit" in report and "Restored (9)" in report
+    assert report.count("-after.jpg") == 9
+
+    # a rerun skips everything; a changed input and --force are redone
+    again = run(f"{bucket}/scans", f"{bucket}/restored", model=model, batch_size=5, max_pixels=10_000_000)
+    assert (again["restored"], again["skipped"], again["failed"]) == (0, 9, 4)
+    s3.put_object(Bucket=name, Key="scans/gray.png", Body=save(picture(44, 40, 9)[..., 0], "PNG"))
+    changed = run(f"{bucket}/scans", f"{bucket}/restored", model=model, max_pixels=10_000_000)
+    assert (changed["restored"], changed["skipped"]) == (1, 8)
+    forced = run(f"{bucket}/scans", f"{bucket}/restored", model=model, force=True, max_pixels=10_000_000)
+    assert (forced["restored"], forced["skipped"]) == (9, 0)
+    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{bucket}/restored/_manifest/manifest.parquet")))
+    assert table.num_rows == 13 and len(set(table["key"].to_pylist())) == 13
+
+
+def test_single_file_and_refusals(tmp_path, model):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "one.png").write_bytes(save(picture(32, 48), "PNG"))
+    summary = run(str(src / "one.png"), str(tmp_path / "out"), model=model)
+    assert summary["restored"] == 1 and (tmp_path / "out" / "one.png").is_file()
+    with pytest.raises(ValueError, match="originals are never overwritten"):
+        run(str(src), str(src), model=model)
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="broken.pt: not a readable weights file"):
+        run(str(src), str(tmp_path / "out2"), model=str(tmp_path / "broken.pt"))
+    assert not (tmp_path / "out2").exists(), "a bad model fails before any image is touched"
+    # outputs inside the source folder are not taken for inputs on the next run
+    inside = run(str(src), str(src / "restored"), model=model)
+    assert inside["images"] == 1 and run(str(src), str(src / "restored"), model=model)["images"] == 1
+
+
+def test_keys_cannot_escape_the_destination():
+    assert is_safe_key("box 1/a.jpg") and is_safe_key("..hidden.jpg")
+    assert not any(is_safe_key(k) for k in ("../a.jpg", "a/../../b.jpg", "/etc/a.jpg", "", "a\\..\\b.jpg"))
+
+
+@pytest.mark.slow
+def test_cli_killed_midway_then_rerun_restores_each_image_once(tmp_path, model):
+    src = tmp_path / "scans"
+    for i in range(16):
+        (src / f"box {i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"box {i % 3}" / f"{i:02d}.png").write_bytes(save(picture(96, 128, i), "PNG"))
+    dst = tmp_path / "restored"
+    command = [sys.executable, "-m", "oldphoto.cli", "restore", str(src), str(dst), "--model", model,
+               "--batch-size", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    killed = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list((dst / "_manifest").glob("part-*.parquet"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    first = read_manifest(str(dst))
+    assert 3 <= len(first) < 16, "killed midway"
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = read_manifest(str(dst))
+    assert len(manifest) == 16 and all(r["status"] in ("restored", "skipped") for r in manifest.values())
+    assert sum(r["status"] == "skipped" for r in manifest.values()) >= len(first), "finished work is not redone"
+    table = pq.read_table(dst / "_manifest" / "manifest.parquet")
+    assert table.num_rows == 16 and len(set(table["key"].to_pylist())) == 16
+    outputs = sorted(str(p.relative_to(dst)) for p in dst.rglob("*.png") if not p.name.startswith("."))
+    outputs = [o for o in outputs if not o.startswith("_")]
+    assert outputs == sorted(str(p.relative_to(src)) for p in src.rglob("*.png"))
+    for output in outputs:  # every output whole
+        assert decode_archive((dst / output).read_bytes(), output).pixels.shape == (96, 128, 3)
