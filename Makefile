@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/restore.py
 
 clean:
 	rm -rf $(VENV) .oldphoto out

@@ -1,11 +1,8 @@
-"""Training and inference speed of the `paper` and `default` configurations at 256x256.
+"""Training speed of the `paper` and `default` configurations at 256x256: samples/s of the mapping
+stage (the heaviest: frozen VAEs, mapping, discriminator) in fp32 and bf16 autocast, channels_last.
+Inference speed is in benchmarks/restore.py.
 
-Training: samples/s of the mapping stage (the heaviest: frozen VAEs, mapping, discriminator) in fp32
-and bf16 autocast, channels_last. Inference: the `paper` restore path with a scratch mask at 256 and
-512, our way (channels_last, bf16 where the CPU runs it fast, else fp32) beside the plain way (fp32,
-default memory layout), in the same run.
-
-    .venv/bin/python benchmarks/train.py [--steps N] [--batch-size B] [--part all|train|inference]
+    .venv/bin/python benchmarks/train.py [--steps N] [--batch-size B]
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import torch
 
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.device import cpu_has_fast_bf16
-from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.model.train import MappingTrainer
 from oldphoto.model.vae import VAE
 
@@ -40,33 +36,17 @@ def training_rate(config: ModelConfig, dtype: torch.dtype, steps: int, batch_siz
     return steps * batch_size / (time.perf_counter() - started)
 
 
-@torch.inference_mode()
-def inference_seconds(network: RestorerNetwork, size: int, dtype: torch.dtype, channels_last: bool, repeats: int) -> float:
-    x, mask = batch(size, 1)["degraded"], batch(size, 1)["mask"]
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for i in range(repeats + 1):  # the first call is warm-up
-        started = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            network.detect(x)
-            network(x, mask)
-        times.append(time.perf_counter() - started)
-    return min(times[1:])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per measurement")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--part", choices=["all", "train", "inference"], default="all")
     args = parser.parse_args()
     torch.manual_seed(0)
     fast = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, fast bf16: {cpu_has_fast_bf16()}")
 
-    for name in ("default", "paper") if args.part in ("all", "train") else ():
+    for name in ("default", "paper"):
         config = ModelConfig.load(name)
         for dtype in (torch.float32, torch.bfloat16):
             if name == "paper" and dtype != fast:
@@ -76,15 +56,6 @@ def main() -> None:
             rate = training_rate(config, dtype, args.steps, args.batch_size)
             print(f"train mapping stage, {name:7s} {str(dtype)[6:]:8s} 256x256 batch {args.batch_size}: "
                   f"{rate:7.3f} samples/s ({args.steps} timed steps)", flush=True)
-
-    network = RestorerNetwork(ModelConfig.load("paper")).eval()
-    for size in (256, 512) if args.part in ("all", "inference") else ():
-        plain = inference_seconds(network, size, torch.float32, False, 2)
-        network.fast()
-        ours = inference_seconds(network, size, fast, True, 2)
-        network.to(memory_format=torch.contiguous_format)
-        print(f"inference paper {size}x{size} with scratch mask: plain (fp32, NCHW) {plain:6.2f} s, "
-              f"ours ({str(fast)[6:]}, channels_last) {ours:6.2f} s = {plain / ours:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

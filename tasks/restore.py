@@ -29,10 +29,11 @@ from PIL import Image
 from prefect import task
 from pydantic import BaseModel, Field
 
+import oldphoto
 from oldphoto import storage
 from oldphoto.images import DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, decode_archive, encode_archive
 
-DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "weights" / "default.pt")
+DEFAULT_MODEL = str(Path(oldphoto.__file__).resolve().parent / "weights" / "default.pt")  # shipped, see its card
 MANIFEST_DIR, REPORT_DIR = "_manifest", "_report"
 THUMBNAIL = 256
 
@@ -137,18 +138,21 @@ def restore_batch(src: str, dst: str, keys: list[str], config: RestoreConfig, do
     rows: list[dict[str, Any]] = []
     pending: tuple[dict[str, Any], Future] | None = None  # the output being written
     with ThreadPoolExecutor(max_workers=2) as io_pool:
-        loads = [io_pool.submit(_load, src, key, config.max_pixels) for key in keys[:1]]
+        def load(key: str) -> Future:
+            return io_pool.submit(_load, src, dst, key, done.get(key) if not config.force else None, config.max_pixels)
+
+        loads = [load(key) for key in keys[:1]]
         for i, key in enumerate(keys):
             if i + 1 < len(keys):  # one image ahead: overlap without holding a whole batch in memory
-                loads.append(io_pool.submit(_load, src, keys[i + 1], config.max_pixels))
+                loads.append(load(keys[i + 1]))
             started = time.perf_counter()
             row = {"key": key, "size": None, "sha256": None, "status": "failed", "reason": None,
                    "output_key": None, "model_name": config.model, "model_version": version}
             try:
-                data, image = loads[i].result()
+                size, sha256, image = loads[i].result()
                 loads[i] = None  # free the decoded image once restored
-                row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-                if not config.force and done.get(key) == row["sha256"] and storage.exists(storage.join(dst, key)):
+                row.update(size=size, sha256=sha256)
+                if image is None:
                     row.update(status="skipped", output_key=key)
                 else:
                     if isinstance(image, Exception):
@@ -184,15 +188,20 @@ def _settle(pending: tuple[dict[str, Any], Future] | None) -> None:
             row.update(status="failed", reason=f"writing the output: {type(error).__name__}: {error}", output_key=None)
 
 
-def _load(src: str, key: str, max_pixels: int) -> tuple[bytes, ArchiveImage | Exception]:
-    """Raw bytes (their hash decides skipping) and the decoded image, or the error decoding gave."""
+def _load(src: str, dst: str, key: str, done_sha256: str | None,
+          max_pixels: int) -> tuple[int, str, ArchiveImage | Exception | None]:
+    """Size, sha256 and the decoded image of an input; or the error decoding gave; or None when the
+    same bytes were restored before with this model and the output is still there (not decoded)."""
     if not is_safe_key(key):
         raise ValueError(f"{key!r}: key would write outside the destination")
     data = storage.read_bytes(storage.join(src, key))
+    sha256 = hashlib.sha256(data).hexdigest()
+    if done_sha256 == sha256 and storage.exists(storage.join(dst, key)):
+        return len(data), sha256, None
     try:
-        return data, decode_archive(data, key, max_pixels)
+        return len(data), sha256, decode_archive(data, key, max_pixels)
     except UnreadableImage as error:
-        return data, error
+        return len(data), sha256, error
 
 
 def _write(dst: str, key: str, image: ArchiveImage, restored: np.ndarray) -> None:
