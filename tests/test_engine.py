@@ -72,3 +72,31 @@ def test_bf16_agrees_with_fp32(network, picture):
     bf16, _, info = Restorer(contrasty, precision="bf16", tile=64, overlap=16).restore(image, scratch="on")
     assert info["precision"] == "bfloat16" and fp32.std() > 10
     assert psnr(bf16, fp32) >= 40
+
+
+def test_16_bit_gray_alpha_and_rgba_keep_their_form(network, picture):
+    restorer = Restorer(network, tile=64, overlap=16)
+    image8 = picture[:80, :100]
+    out8, _, _ = restorer.restore(image8, scratch="off")
+    out16, _, _ = restorer.restore(image8.astype(np.uint16) * 257, scratch="off")
+    assert out16.dtype == np.uint16 and out16.shape == image8.shape
+    assert np.abs(out16 / 257.0 - out8).max() <= 1.0, "the same restoration, in 16 bits"
+    alpha = np.arange(80 * 100, dtype=np.uint8).reshape(80, 100)
+    rgba, _, _ = restorer.restore(np.dstack([image8, alpha]), scratch="off")
+    assert rgba.shape == (80, 100, 4) and np.array_equal(rgba[..., 3], alpha) and np.array_equal(rgba[..., :3], out8)
+    gray_alpha, _, _ = restorer.restore(np.dstack([image8[..., 0], alpha]), scratch="off")
+    assert gray_alpha.shape == (80, 100, 2) and np.array_equal(gray_alpha[..., 1], alpha)
+
+
+def test_auto_runs_the_non_local_branch_only_where_damage_is(network, picture):
+    detector_fires = copy.deepcopy(network)
+    with torch.no_grad():  # a detector that sees damage everywhere
+        detector_fires.scratch.out.bias.fill_(20.0)
+    _, mask, info = Restorer(detector_fires, tile=64, overlap=16).restore(picture[:100, :100], scratch="auto")
+    assert mask.all() and info["global_tiles"] == info["tiles"] == 4
+    with torch.no_grad():
+        detector_fires.scratch.out.bias.fill_(-20.0)
+    _, mask, info = Restorer(detector_fires, tile=64, overlap=16).restore(picture[:100, :100], scratch="auto")
+    assert not mask.any() and info["global_tiles"] == 0
+    _, _, info = Restorer(detector_fires, tile=64, overlap=16).restore(picture[:100, :100], scratch="on")
+    assert info["global_tiles"] == 4
