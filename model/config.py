@@ -30,6 +30,7 @@ class MappingConfig(_Strict):
     blocks: int = Field(2, ge=1, description="residual blocks of the local branch, then as many after fusion")
     attention_channels: int = Field(32, gt=0, description="width of theta and phi in the non-local block")
     query_chunk: int = Field(4096, gt=0, description="queries per step of the partial non-local attention")
+    key_stride: int = Field(1, ge=1, description="keys from every n-th latent row and column (1: all, as the paper)")
     norm: Literal["batch", "instance"] = "batch"
 
 
@@ -107,7 +108,7 @@ PRESETS: dict[str, ModelConfig] = {
     "default": ModelConfig(
         name="default",
         vae=VAEConfig(stem_kernel=3),
-        mapping=MappingConfig(channels=64, blocks=1),
+        mapping=MappingConfig(channels=64, blocks=1, key_stride=2),
         scratch=ScratchConfig(channels=8, scale=2),
     ),
     # For tests: a few steps in seconds on a CPU.

@@ -18,13 +18,15 @@ class PartialNonLocal(nn.Module):
         s_ij = (1 - m_j) f_ij / sum_k (1 - m_k) f_ik,   O_i = nu(sum_j s_ij mu(F_j)),
         out_i = m_i O_i + (1 - m_i) F_i.
     Queries are processed query_chunk at a time, so memory grows with N, never with N x N; only
-    damaged positions are queried at all. Features at damaged positions are never attended to (a
+    damaged positions are queried at all. key_stride > 1 takes keys from a sparser grid of valid
+    positions: with much damage, attention otherwise costs as much as all the convolutions. Features at damaged positions are never attended to (a
     damaged position's own features still form its query, as in the method). With no valid position
     in the image, damaged positions get nu(0).
     """
 
-    def __init__(self, channels: int, attention_channels: int, query_chunk: int = 4096):
+    def __init__(self, channels: int, attention_channels: int, query_chunk: int = 4096, key_stride: int = 1):
         super().__init__()
+        self.key_stride = key_stride
         self.theta = nn.Conv2d(channels, attention_channels, 1)
         self.phi = nn.Conv2d(channels, attention_channels, 1)
         self.mu = nn.Conv2d(channels, channels, 1)
@@ -35,6 +37,10 @@ class PartialNonLocal(nn.Module):
         """features: B x C x H x W; mask: B x 1 x H x W, 1 where damaged (any value > 0 counts)."""
         b, c, h, w = features.shape
         damaged = (mask > 0).reshape(b, h * w)
+        keyed = torch.ones(h, w, dtype=torch.bool, device=features.device)
+        if self.key_stride > 1:  # keys from every key_stride-th row and column: key_stride**2 less work
+            keyed = torch.zeros_like(keyed)
+            keyed[:: self.key_stride, :: self.key_stride] = True
         out = features.clone(memory_format=torch.contiguous_format)
         if not damaged.any():
             return out
@@ -45,7 +51,7 @@ class PartialNonLocal(nn.Module):
             where = damaged[i].nonzero().squeeze(1)
             if len(where) == 0:
                 continue
-            valid = ~damaged[i]
+            valid = ~damaged[i] & keyed.flatten()
             if valid.any():
                 k, v = keys[i, valid][None], values[i, valid][None]
                 attended = torch.cat([
@@ -72,7 +78,7 @@ class Mapping(nn.Module):
         c = config.channels
         self.head = nn.Sequential(conv(latent_channels, c), norm(c, config.norm), nn.ReLU(inplace=True))
         self.local = nn.Sequential(*[ResidualBlock(c, config.norm) for _ in range(config.blocks)])
-        self.global_branch = PartialNonLocal(c, config.attention_channels, config.query_chunk)
+        self.global_branch = PartialNonLocal(c, config.attention_channels, config.query_chunk, config.key_stride)
         self.fuse = nn.Sequential(nn.Conv2d(2 * c, c, 1), norm(c, config.norm), nn.ReLU(inplace=True))
         self.tail = nn.Sequential(*[ResidualBlock(c, config.norm) for _ in range(config.blocks)], conv(c, latent_channels))
 
