@@ -7,6 +7,7 @@
 - bulk: `restore_archive` over moto's S3 server against the engine alone on the same images.
 
     .venv/bin/python benchmarks/restore.py [--model REF] [--part all|engine|paper|bulk] [--bulk-images N]
+                                           [--bulk-workers W]
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def paper(repeats: int = 2) -> None:
               f"({times['plain'] / times['ours']:.2f}x); the reference implementation: 17.6 s at 512 (REFERENCE section 2)")
 
 
-def bulk(model: str, count: int) -> None:
+def bulk(model: str, count: int, workers: int) -> None:
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -150,17 +151,18 @@ def bulk(model: str, count: int) -> None:
         from oldphoto.flows.restore import restore_archive
         from oldphoto.flows.runner import dask_runner
         from oldphoto.prefect_api import prefect_api
-        from oldphoto.settings import get_settings
         from oldphoto.tasks.restore import RestoreConfig
 
-        get_settings.cache_clear()
-        runner = dask_runner(1, preload=("oldphoto.tasks.restore",), env={"OMP_NUM_THREADS": str(os.cpu_count())})
+        from oldphoto.settings import configure
+
+        configure(torch_threads=max(1, os.cpu_count() // workers))  # as `oldphoto restore --workers` does
+        runner = dask_runner(workers, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
         with prefect_api():
             summary = restore_archive.with_options(task_runner=runner)(
-                "s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model, batch_size=4))
+                "s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model))
     server.stop()
     flow_rate = summary["restored"] / summary["seconds"]
-    print(f"\nbulk: {count} JPEG scans of 1024x768 with scratches, moto S3 -> moto S3, 1 Dask worker")
+    print(f"\nbulk: {count} JPEG scans of 1024x768 with scratches, moto S3 -> moto S3, {workers} Dask worker(s)")
     print(f"engine alone (decode + restore in one process): {engine_rate:.3f} images/s")
     print(f"restore_archive flow: {flow_rate:.3f} images/s ({summary['restored']} restored in {summary['seconds']} s)"
           f" = {100 * flow_rate / engine_rate:.0f}% of the engine alone")
@@ -178,7 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--part", choices=["all", "engine", "paper", "bulk"], default="all")
-    parser.add_argument("--bulk-images", type=int, default=16)
+    parser.add_argument("--bulk-images", type=int, default=48)
+    parser.add_argument("--bulk-workers", type=int, default=1, help="as `oldphoto restore --workers`")
     parser.add_argument("--measure", nargs=3, metavar=("H", "W", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -191,7 +194,7 @@ def main() -> None:
     if args.part in ("all", "paper"):
         paper()
     if args.part in ("all", "bulk"):
-        bulk(args.model, args.bulk_images)
+        bulk(args.model, args.bulk_images, args.bulk_workers)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ LOCAL_CLUSTER_CONFIG = {
 }
 
 
-def dask_runner(workers: int | None = None, address: str | None = None, preload: tuple[str, ...] = (),
-                env: dict[str, str] | None = None) -> DaskTaskRunner:
-    """preload: modules that local workers import as they start, before the flow's clock runs;
-    env: environment variables of the local worker processes."""
+def dask_runner(workers: int | None = None, address: str | None = None,
+                preload: tuple[str, ...] = ()) -> DaskTaskRunner:
+    """preload: modules that local workers import as they start, before the flow's clock runs."""
     address = address or get_settings().dask_address
     if address:
         if workers:
@@ -34,4 +33,4 @@ def dask_runner(workers: int | None = None, address: str | None = None, preload:
     # One single-threaded process per worker: the work is numpy/OpenCV/torch, not Python threads.
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None,
-                                          "preload": list(preload), "env": env or {}})
+                                          "preload": list(preload)})

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .settings import configure
+from .settings import configure, get_settings
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -51,17 +51,17 @@ def restore(args: argparse.Namespace) -> int:
     from .storage import absolute
     from .tasks.restore import RestoreConfig
 
+    # One local worker by default, with all cores for torch's threads: the model is loaded once, and
+    # reading and writing overlap inside the worker. More workers split the cores between them.
+    local = not (args.dask_address or get_settings().dask_address)
+    workers = (args.workers or 1) if local else args.workers
     settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
-                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device)
+                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
+                         torch_threads=max(1, (os.cpu_count() or 1) // workers) if local else None)
     config = RestoreConfig(**{k: v for k, v in {
         "model": args.model, "scratch": args.scratch, "device": settings.device, "batch_size": args.batch_size,
         "force": args.force, "max_pixels": args.max_pixels}.items() if v is not None})
-    # One local worker by default, with all cores for torch's threads: the model is loaded once, and
-    # reading and writing overlap inside the worker. More workers split the cores between them.
-    workers = args.workers or (None if settings.dask_address else 1)
-    threads = str(max(1, (os.cpu_count() or 1) // (workers or 1)))
-    runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore",),
-                         env={"OMP_NUM_THREADS": threads})
+    runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
     with prefect_api():
         summary = restore_archive.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
     print(json.dumps(summary, indent=2))
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, help="images per task (default 4)")
+    p.add_argument("--batch-size", type=int, help="images per task (default 8)")
     p.add_argument("--force", action="store_true", default=None, help="restore again what the manifest says is done")
     p.add_argument("--max-pixels", type=int, help="refuse larger images (default 200 million)")
     p.add_argument("--mlflow-tracking-uri", help="MLflow server or database for models:/ and runs:/ references")

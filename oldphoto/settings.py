@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="default: SQLite file under home")
     dask_address: str | None = Field(None, description="existing Dask scheduler; none means a local cluster")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(None, gt=0, description="torch threads per process; none: torch's default")
 
     @field_validator("s3_endpoint_url", "dask_address", "mlflow_tracking_uri", mode="before")
     @classmethod

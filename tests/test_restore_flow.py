@@ -127,7 +127,7 @@ def test_archive_on_s3_end_to_end(bucket, model):
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(path)] == ["manifest.parquet"], "parts folded"
     report = storage.read_bytes(f"{bucket}/restored/_report/index.html").decode()
     assert "Failures (4)" in report and "exceeds the limit" in report and "Restored (9)" in report
-    assert report.count("-after.jpg") == 9
+    assert report.count("thumbs/") == 9
 
     # a rerun skips everything; a changed input and --force are redone
     again = run(f"{bucket}/scans", f"{bucket}/restored", model=model, batch_size=5, max_pixels=10_000_000)
