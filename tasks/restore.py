@@ -31,8 +31,8 @@ from pydantic import BaseModel, Field
 
 import oldphoto
 from oldphoto import storage
-from oldphoto.runtime import keep_freed_memory
 from oldphoto.images import DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, decode_archive, encode_archive
+from oldphoto.runtime import keep_freed_memory
 
 DEFAULT_MODEL = str(Path(oldphoto.__file__).resolve().parent / "weights" / "default.pt")  # shipped, see its card
 MANIFEST_DIR, REPORT_DIR = "_manifest", "_report"
