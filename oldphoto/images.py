@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 DEFAULT_MAX_PIXELS = 200_000_000
 # Every decode here checks its own, configurable max_pixels against the header before decoding;
@@ -26,25 +26,16 @@ class UnreadableImage(ValueError):
 
 
 def decode_rgb(data: bytes, key: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode bytes to an HxWx3 uint8 RGB array (EXIF orientation applied)."""
-    if not data:
-        raise UnreadableImage(key, "empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > max_pixels:
-                raise UnreadableImage(key, f"{image.width}x{image.height} exceeds the limit of {max_pixels} pixels")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, np.float32)
-                scale = 255.0 / 65535.0 if array.max() > 255 else 1.0
-                return np.repeat(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-            return np.asarray(image.convert("RGB"))
-    except UnreadableImage:
-        raise
-    except Exception as error:  # PIL raises many types for bad data: name the input and the reason
-        reason = str(error) or type(error).__name__
-        raise UnreadableImage(key, f"cannot decode image: {reason}") from error
+    """Decode bytes to an HxWx3 uint8 RGB array, whatever the source holds: upright (EXIF
+    orientation), gray repeated, alpha dropped, 16 bits scaled to 8."""
+    pixels = decode_archive(data, key, max_pixels).pixels
+    if pixels.dtype == np.uint16:
+        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        pixels = pixels[..., :-1]
+    if pixels.ndim == 2 or pixels.shape[2] == 1:
+        pixels = np.repeat(pixels.reshape(*pixels.shape[:2], 1), 3, axis=2)
+    return np.ascontiguousarray(pixels)
 
 
 # Paeth prediction with zlib's RLE strategy at level 1: files as small as OpenCV's default (level 3,
