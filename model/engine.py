@@ -108,10 +108,11 @@ class Restorer:
             global_tiles += use_global
             return self.network(t, tile_mask.to(self.device) if use_global else None)
 
-        out = self._blended(tensor, tiles, 3, restore_tile)[0, :, :h, :w].permute(1, 2, 0)
-        restored = out.clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
+        out = self._blended(tensor, tiles, 3, restore_tile)[..., :h, :w]
         if colour.ndim == 2:  # gray in, gray out: the luminance the network restored
-            restored = np.round(restored.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(image.dtype)
+            out = luminance(out)
+        restored = out[0].permute(1, 2, 0).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
+        restored = restored[..., 0] if colour.ndim == 2 else restored
         if alpha is not None:
             restored = np.concatenate([restored.reshape(h, w, -1), alpha[..., None]], axis=2)
         mask_out = mask[0, 0, :h, :w].numpy()

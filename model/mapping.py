@@ -19,9 +19,10 @@ class PartialNonLocal(nn.Module):
         out_i = m_i O_i + (1 - m_i) F_i.
     Queries are processed query_chunk at a time, so memory grows with N, never with N x N; only
     damaged positions are queried at all. key_stride > 1 takes keys from a sparser grid of valid
-    positions: with much damage, attention otherwise costs as much as all the convolutions. Features at damaged positions are never attended to (a
-    damaged position's own features still form its query, as in the method). With no valid position
-    in the image, damaged positions get nu(0).
+    positions, key_stride**2 fewer (measured: 10% of the default model's time with 75% of an image
+    marked damaged, before striding). Features at damaged positions are never attended to (a damaged
+    position's own features still form its query, as in the method). With no valid position in the
+    image, damaged positions get nu(0).
     """
 
     def __init__(self, channels: int, attention_channels: int, query_chunk: int = 4096, key_stride: int = 1):
@@ -37,10 +38,8 @@ class PartialNonLocal(nn.Module):
         """features: B x C x H x W; mask: B x 1 x H x W, 1 where damaged (any value > 0 counts)."""
         b, c, h, w = features.shape
         damaged = (mask > 0).reshape(b, h * w)
-        keyed = torch.ones(h, w, dtype=torch.bool, device=features.device)
-        if self.key_stride > 1:  # keys from every key_stride-th row and column: key_stride**2 less work
-            keyed = torch.zeros_like(keyed)
-            keyed[:: self.key_stride, :: self.key_stride] = True
+        unkeyed = torch.ones(h, w, dtype=torch.bool, device=features.device)  # positions never used as keys
+        unkeyed[:: self.key_stride, :: self.key_stride] = False
         out = features.clone(memory_format=torch.contiguous_format)
         if not damaged.any():
             return out
@@ -51,7 +50,7 @@ class PartialNonLocal(nn.Module):
             where = damaged[i].nonzero().squeeze(1)
             if len(where) == 0:
                 continue
-            valid = ~damaged[i] & keyed.flatten()
+            valid = ~(damaged[i] | unkeyed.flatten())
             if valid.any():
                 k, v = keys[i, valid][None], values[i, valid][None]
                 attended = torch.cat([

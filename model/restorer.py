@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -70,13 +69,3 @@ class RestorerNetwork(nn.Module):
         network.load_state_dict(bundle["state_dict"])
         return network.eval().fast()
 
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H x W x 3 (or H x W gray) -> 1 x 3 x H x W in [-1, 1]."""
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-
-
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    return tensor[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()

@@ -19,8 +19,6 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings_from(args: argparse.Namespace):
-    from .settings import configure
-
     return configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address)
 
 
@@ -124,8 +122,6 @@ def train_stage(args: argparse.Namespace) -> int:
 
 
 def configure_training(args: argparse.Namespace):
-    from .settings import configure
-
     return configure(s3_endpoint_url=args.s3_endpoint_url, mlflow_tracking_uri=getattr(args, "mlflow_tracking_uri", None),
                      device=args.device)
 

@@ -28,7 +28,11 @@ class UnreadableImage(ValueError):
 def decode_rgb(data: bytes, key: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode bytes to an HxWx3 uint8 RGB array, whatever the source holds: upright (EXIF
     orientation), gray repeated, alpha dropped, 16 bits scaled to 8."""
-    pixels = decode_archive(data, key, max_pixels).pixels
+    return to_rgb8(decode_archive(data, key, max_pixels).pixels)
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """Any archive image's pixels as H x W x 3 uint8: 16 bits scaled to 8, alpha dropped, gray repeated."""
     if pixels.dtype == np.uint16:
         pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if pixels.ndim == 3 and pixels.shape[2] in (2, 4):

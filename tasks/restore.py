@@ -31,7 +31,8 @@ from pydantic import BaseModel, Field
 
 import oldphoto
 from oldphoto import storage
-from oldphoto.images import DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, decode_archive, encode_archive
+from oldphoto.images import (DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, decode_archive, encode_archive,
+                             to_rgb8)
 from oldphoto.runtime import keep_freed_memory
 
 DEFAULT_MODEL = str(Path(oldphoto.__file__).resolve().parent / "weights" / "default.pt")  # shipped, see its card
@@ -227,11 +228,7 @@ def thumbnail_key(key: str) -> str:
 def _before_after(before: np.ndarray, after: np.ndarray) -> bytes:
     """One small JPEG, before | after: one write per image for the report."""
     def small(pixels: np.ndarray) -> Image.Image:
-        if pixels.dtype == np.uint16:
-            pixels = (pixels >> 8).astype(np.uint8)
-        if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
-            pixels = pixels[..., :-1].squeeze()
-        image = Image.fromarray(pixels).convert("RGB")
+        image = Image.fromarray(to_rgb8(pixels))
         image.thumbnail((THUMBNAIL, THUMBNAIL))
         return image
     left, right = small(before), small(after)

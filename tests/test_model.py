@@ -96,6 +96,25 @@ def test_partial_non_local_equals_the_naive_formula(chunk):
         assert torch.allclose(block(f, m), naive_partial_non_local(block, f, m), atol=1e-10)
 
 
+def test_strided_keys_attend_only_to_valid_cells_on_the_grid():
+    """key_stride 2: a damaged cell attends exactly as the naive formula does when every valid cell
+    off the stride-2 grid is treated as unavailable; undamaged cells keep their features."""
+    torch.manual_seed(2)
+    block = PartialNonLocal(12, 6, query_chunk=5, key_stride=2).double()
+    for conv in (block.theta, block.phi):
+        conv.weight.data *= 0.2
+    f = torch.randn(2, 12, 9, 11, dtype=torch.float64)
+    m = (torch.rand(2, 1, 9, 11) < 0.3).double()
+    off_grid = torch.ones(9, 11, dtype=torch.bool)
+    off_grid[::2, ::2] = False
+    with torch.no_grad():
+        out = block(f, m)
+        expected = naive_partial_non_local(block, f, torch.maximum(m, off_grid.double()[None, None]))
+    damaged = m.bool().expand_as(f)
+    assert torch.allclose(out[damaged], expected[damaged], atol=1e-10)
+    assert torch.equal(out[~damaged], f[~damaged])
+
+
 def test_partial_non_local_ignores_features_at_damaged_positions():
     """O_i does not change when the features at damaged positions j change: nothing is attended at a
     damaged position. (A damaged position's own features still form its query, as in the method.)"""
