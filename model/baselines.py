@@ -19,9 +19,10 @@ def non_local_means(image: np.ndarray, strength: float = NLM_STRENGTH) -> np.nda
 
 
 def non_local_means_inpainted(image: np.ndarray, mask: np.ndarray, strength: float = NLM_STRENGTH,
-                              radius: int = 3) -> np.ndarray:
-    """Non-local means, then Telea inpainting of the pixels where mask is true (the scratches)."""
-    denoised = non_local_means(image, strength)
+                              radius: int = 3, denoised: np.ndarray | None = None) -> np.ndarray:
+    """Non-local means, then Telea inpainting of the pixels where mask is true (the scratches).
+    denoised: non_local_means(image, strength) when already computed."""
+    denoised = non_local_means(image, strength) if denoised is None else denoised
     if not mask.any():
         return denoised
     return cv2.inpaint(denoised, mask.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)

@@ -45,7 +45,12 @@ def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Precision, recall, F1 and IoU of a predicted damage mask against the true one.
     An empty prediction of an empty truth scores 1 everywhere: nothing to find, nothing found."""
     p, t = predicted.astype(bool), truth.astype(bool)
-    tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+    return mask_scores_from_counts(int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()))
+
+
+def mask_scores_from_counts(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """The same from pixel counts (true positives, false positives, false negatives), so that scores
+    can be pooled over many images."""
     if tp + fp + fn == 0:
         return {"precision": 1.0, "recall": 1.0, "f1": 1.0, "iou": 1.0}
     precision = tp / (tp + fp) if tp + fp else 0.0

@@ -11,6 +11,10 @@ from . import __version__
 from .settings import configure, get_settings
 
 
+# Held out: never used for training (see MODEL_CARD.md); relative to the repository root.
+DEFAULT_HELDOUT = "../shared/data/clean/bsds500/test"
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (also OLDPHOTO_* environment variables)")
     group.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
@@ -64,6 +68,38 @@ def restore(args: argparse.Namespace) -> int:
         summary = restore_archive.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
     print(json.dumps(summary, indent=2))
     return 1 if summary["failed"] else 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from .flows.evaluate import evaluate as evaluate_flow
+    from .flows.runner import dask_runner
+    from .prefect_api import prefect_api
+    from .storage import absolute
+    from .synth import DegradationConfig
+    from .tasks.evaluate import EvaluateConfig
+
+    clean = None if args.pairs else (args.clean or DEFAULT_HELDOUT)
+    local = not (args.dask_address or get_settings().dask_address)
+    workers = (args.workers or 1) if local else args.workers
+    settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
+                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
+                         torch_threads=max(1, (os.cpu_count() or 1) // workers) if local else None)
+    config = EvaluateConfig(**{k: v for k, v in {
+        "model": args.model, "scratch": args.scratch, "device": settings.device, "seed": args.seed,
+        "count": args.count, "degradation": DegradationConfig.load(args.degradation) if args.degradation else None,
+    }.items() if v is not None})
+    if args.crop is not None:
+        config.crop = args.crop or None  # 0: whole images
+    runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
+    with prefect_api():
+        result = evaluate_flow.with_options(task_runner=runner)(
+            absolute(args.pairs) if args.pairs else None, absolute(clean) if clean else None, config,
+            absolute(args.out) if args.out else None, absolute(args.real) if args.real else None)
+    print(result["table"])
+    print(f"\nresults: {result['out']}\nMLflow run: {result['mlflow_run_id']} ({settings.tracking_uri})")
+    return 0
 
 
 def sheet(args: argparse.Namespace) -> int:
@@ -163,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-tracking-uri", help="MLflow server or database for models:/ and runs:/ references")
     _add_settings(p)
     p.set_defaults(run=restore)
+
+    p = commands.add_parser("evaluate", help="score a restorer and the classical baselines on held-out pairs")
+    p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--pairs", help="folder or URL of synthesized pairs to score on")
+    data.add_argument("--clean", help=f"clean photographs to synthesize a held-out set from (default: {DEFAULT_HELDOUT})")
+    p.add_argument("--seed", type=int, help="seed of the held-out set (default 0)")
+    p.add_argument("--count", type=int, help="pairs in the held-out set (default 200)")
+    p.add_argument("--crop", type=int, help="square crop of the held-out set (default 256; 0 keeps whole images)")
+    p.add_argument("--degradation", help="degradation preset or JSON file of the held-out set (default: default)")
+    p.add_argument("--real", help="folder or URL of real old photographs for a before/after sheet")
+    p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="folder or URL for the results (default: under OLDPHOTO_HOME/evaluations)")
+    p.add_argument("--mlflow-tracking-uri", help="MLflow server or database (default: SQLite under OLDPHOTO_HOME)")
+    _add_settings(p)
+    p.set_defaults(run=evaluate)
 
     p = commands.add_parser("sheet", help="contact sheet of synthetic pairs beside real old photographs")
     p.add_argument("pairs", help="folder or URL of synthesized shards")

@@ -37,6 +37,15 @@ def _grid(tiles: Sequence[np.ndarray], columns: int, size: int) -> np.ndarray:
     return sheet
 
 
+def labelled_grid(rows: Sequence[Sequence[tuple[str, np.ndarray]]], tile: int = 200) -> np.ndarray:
+    """An RGB sheet with one row per sequence of (label, RGB image), each image fit to a tile."""
+    columns = max(len(row) for row in rows)
+    tiles = [_label(_fit(image, tile), text) for row in rows for text, image in row]
+    if any(len(row) != columns for row in rows):
+        raise ValueError("every row of a labelled grid needs the same number of images")
+    return _grid(tiles, columns, tile)
+
+
 def contact_sheet(samples: Iterable[dict], real: Sequence[tuple[str, np.ndarray]] = (), tile: int = 200,
                   triplets_per_row: int = 3) -> np.ndarray:
     """An RGB sheet: rows of synthetic (clean, degraded, mask) triplets, then the real photographs."""

@@ -88,10 +88,10 @@ def restorer_for(model: str, device: str, precision: str, tile: int):
 
 
 @task
-def check_model(config: RestoreConfig) -> str:
+def check_model(model: str, device: str = "auto", precision: str = "auto", tile: int = 512) -> str:
     """Load the model before any image is touched: a missing or corrupt model file fails the run here.
     Run on a worker, it also leaves the model loaded there for the batches."""
-    return restorer_for(config.model, config.device, config.precision, config.tile)[1]
+    return restorer_for(model, device, precision, tile)[1]
 
 
 def is_safe_key(key: str) -> bool:

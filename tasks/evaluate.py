@@ -1,0 +1,235 @@
+"""Prefect tasks of the evaluation flow: score a restorer and the classical baselines on synthetic
+pairs, summarize, and keep the results (files beside each other, and an MLflow run).
+
+Methods, each scored against the clean photograph of every pair:
+  degraded         the input itself: what doing nothing gives
+  nlm              OpenCV non-local means
+  nlm_telea        non-local means, then Telea inpainting of the model's damage mask
+  nlm_telea_truth  the same with the true damage mask (a bound on what the mask can give NLM)
+  model            the restorer, through the engine, as `oldphoto restore` runs it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from prefect import task
+from pydantic import BaseModel, Field
+
+from oldphoto import storage
+from oldphoto.images import UnreadableImage, decode_archive, to_rgb8
+from oldphoto.model.baselines import non_local_means, non_local_means_inpainted
+from oldphoto.model.metrics import mask_scores, mask_scores_from_counts, quality
+from oldphoto.pairs import read_shard
+from oldphoto.sheets import labelled_grid
+from oldphoto.synth import DegradationConfig
+from oldphoto.tasks.restore import DEFAULT_MODEL, restorer_for
+
+METHODS = ("degraded", "nlm", "nlm_telea", "nlm_telea_truth", "model")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+EXPERIMENT = "oldphoto-evaluate"
+
+
+class EvaluateConfig(BaseModel):
+    """What is evaluated and on what; the defaults score the shipped model on BSDS500 test."""
+
+    model: str = Field(DEFAULT_MODEL, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...")
+    scratch: Literal["auto", "on", "off"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    tile: int = Field(512, ge=64)
+    # The held-out set synthesized from clean photographs (ignored when pairs are given):
+    count: int = Field(200, gt=0, description="samples; 200 is one per BSDS500 test photograph")
+    seed: int = Field(0, ge=0)
+    crop: int | None = Field(256, ge=16, description="square crop of each photograph; None keeps whole images")
+    degradation: DegradationConfig = Field(default_factory=lambda: DegradationConfig.load("default"))
+    sheet_samples: int = Field(8, ge=0, description="pairs shown on the before/after sheet")
+
+
+def heldout_url(clean: str, config: EvaluateConfig, home: Path) -> str:
+    """Where the held-out pairs of (clean, seed, count, crop, degradation) are kept: made once, then
+    reused by every evaluation on the same set, so that models are compared on the same bytes."""
+    spec = json.dumps([storage.absolute(clean), config.count, config.seed, config.crop,
+                       config.degradation.model_dump(mode="json")], sort_keys=True)
+    return str((home / "heldout" / hashlib.sha256(spec.encode()).hexdigest()[:12]).resolve())
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+
+
+@task(retries=1, retry_delay_seconds=2)
+def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
+    """Every pair of one shard: each method's output scored against the clean photograph, the model's
+    mask against the true one. Returns rows (one per pair) and the sheet's images of the first pairs."""
+    restorer, _ = restorer_for(config.model, config.device, config.precision, config.tile)
+    rows, sheet = [], []
+    for sample in read_shard(shard):
+        clean, degraded, truth = sample["clean"], sample["degraded"], sample["mask"]
+        started = time.perf_counter()
+        restored, mask, _ = restorer.restore(degraded, config.scratch)
+        seconds = time.perf_counter() - started
+        denoised = non_local_means(degraded)
+        outputs = {"degraded": degraded, "nlm": denoised,
+                   "nlm_telea": non_local_means_inpainted(degraded, mask, denoised=denoised),
+                   "nlm_telea_truth": non_local_means_inpainted(degraded, truth, denoised=denoised),
+                   "model": restored}
+        scores = mask_scores(mask, truth)
+        row = {"sample_id": sample["sample_id"], "source_key": sample["source_key"],
+               "ops": sorted({op["op"] for op in sample["record"]["ops"]}), "grayscale": sample["record"]["grayscale"],
+               "pixels": int(truth.size), "model_seconds": seconds,
+               # Pixel counts, so that the mask scores can be pooled over the whole set.
+               "mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()),
+               "mask_fn": int((~mask & truth).sum()), "mask_f1": scores["f1"]}
+        for method, output in outputs.items():
+            row |= {f"{method}.{k}": v for k, v in quality(output, clean).items()}
+        rows.append(row)
+        if sample["sample_id"] < config.sheet_samples:
+            sheet.append({"sample_id": sample["sample_id"], "images": {
+                "degraded": degraded, "nlm_telea": outputs["nlm_telea"], "model": restored,
+                "clean": clean, "model mask": mask.astype(np.uint8) * 255}})
+    return {"rows": rows, "sheet": sheet}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean scores per method, the mask scores pooled over all pixels, and the same means per
+    degradation kind (the operations the pairs' records list)."""
+    def means(subset: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        return {m: {k: float(np.mean([r[f"{m}.{k}"] for r in subset])) for k in METRICS} for m in METHODS}
+
+    kinds = sorted({op for r in rows for op in r["ops"]})
+    damaged = [r for r in rows if r["mask_tp"] + r["mask_fn"]]
+    pooled = mask_scores_from_counts(*(sum(r[f"mask_{k}"] for r in rows) for k in ("tp", "fp", "fn")))
+    return {
+        "samples": len(rows),
+        "methods": means(rows),
+        "mask": pooled | {"damaged_samples": len(damaged),
+                          "mean_f1_damaged": float(np.mean([r["mask_f1"] for r in damaged])) if damaged else 1.0},
+        "by_kind": {kind: {"samples": len(subset), "methods": means(subset)}
+                    for kind in kinds if (subset := [r for r in rows if kind in r["ops"]])},
+        "model_megapixels_per_second": sum(r["pixels"] for r in rows) / 1e6 / max(1e-9, sum(r["model_seconds"] for r in rows)),
+    }
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The printed report: methods x metrics, mask scores, then Y-PSNR per degradation kind."""
+    m = summary["methods"]
+    lines = [f"Evaluation on {summary['samples']} pairs (means; PSNR in dB)", "",
+             "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    lines += [f"| {method} | " + " | ".join(f"{m[method][k]:.4f}" if "ssim" in k else f"{m[method][k]:.2f}"
+                                            for k in METRICS) + " |" for method in METHODS]
+    k = summary["mask"]
+    lines += ["", f"Damage mask of the model, pooled over all pixels: precision {k['precision']:.3f}, recall "
+              f"{k['recall']:.3f}, F1 {k['f1']:.3f}, IoU {k['iou']:.3f} (mean F1 over the {k['damaged_samples']} "
+              f"damaged pairs: {k['mean_f1_damaged']:.3f})", "",
+              "Y-PSNR by degradation kind (pairs whose recipe applied it):", "",
+              "| kind | pairs | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 2) + "|"]
+    lines += [f"| {kind} | {b['samples']} | " + " | ".join(f"{b['methods'][x]['psnr_y']:.2f}" for x in METHODS) + " |"
+              for kind, b in summary["by_kind"].items()]
+    lines += ["", "LPIPS: skipped (no LPIPS weights are configured)",
+              f"Model speed over the set: {summary['model_megapixels_per_second']:.2f} megapixels/s"]
+    return "\n".join(lines)
+
+
+def _png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def write_results(out: str, rows: list[dict[str, Any]], summary: dict[str, Any], sheet: list[dict[str, Any]]) -> dict[str, str]:
+    """out/evaluation.json, samples.parquet (a row per pair), table.md and sheet.png, each atomically."""
+    urls = {name: storage.join(out, name) for name in ("evaluation.json", "samples.parquet", "table.md", "sheet.png")}
+    table = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    storage.write_bytes_atomic(urls["samples.parquet"], table.getvalue())
+    storage.write_bytes_atomic(urls["table.md"], markdown_table(summary).encode())
+    columns = ["degraded", "nlm_telea", "model", "clean", "model mask"]
+    grid = [[(f"{name} #{s['sample_id']}", _rgb(s["images"][name])) for name in columns]
+            for s in sorted(sheet, key=lambda s: s["sample_id"])]
+    if grid:
+        storage.write_bytes_atomic(urls["sheet.png"], _png(labelled_grid(grid)))
+    else:
+        del urls["sheet.png"]
+    storage.write_bytes_atomic(urls["evaluation.json"], json.dumps(summary, indent=2).encode())
+    return urls
+
+
+@task(retries=1, retry_delay_seconds=2)
+def real_sheet(real: str, out: str, config: EvaluateConfig) -> str:
+    """out/real_sheet.png: each real old photograph, then non-local means plus Telea with the model's
+    mask, then the model's restoration and its mask. There is no reference to score them against: the
+    sheet is for the eye."""
+    restorer, _ = restorer_for(config.model, config.device, config.precision, config.tile)
+    rows = []
+    for key in storage.list_images(real):
+        try:
+            image = to_rgb8(decode_archive(storage.read_bytes(storage.join(real, key)), key).pixels)
+        except UnreadableImage:
+            continue  # not a photograph to show; the restore flow reports such files
+        restored, mask, _ = restorer.restore(image, config.scratch)
+        rows.append([(key, _rgb(image)), ("nlm_telea", _rgb(non_local_means_inpainted(image, mask))),
+                     ("model", _rgb(restored)), ("model mask", _rgb(mask.astype(np.uint8) * 255))])
+    if not rows:
+        raise FileNotFoundError(f"{real}: no readable photographs for the real-photo sheet")
+    url = storage.join(out, "real_sheet.png")
+    storage.write_bytes_atomic(url, _png(labelled_grid(rows, tile=360)))
+    return url
+
+
+def _registered_version(client, ref: str) -> tuple[str, str] | None:
+    """(name, version) of a models:/NAME/VERSION or models:/NAME@ALIAS reference."""
+    if not ref.startswith("models:/"):
+        return None
+    name, _, rest = ref.removeprefix("models:/").partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        return name, client.get_model_version_by_alias(name, alias).version
+    return (name, rest) if rest.isdigit() else None
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def log_evaluation(summary: dict[str, Any], files: dict[str, str], params: dict[str, str], model_version: str,
+                   tracking_uri: str) -> str:
+    """An MLflow run of the evaluation of this model version: parameters, the scores as metrics, the
+    files as artifacts. A registered model version gets the run's id and headline scores as tags."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    run = client.create_run(experiment_id, run_name=f"evaluate-{model_version}",
+                            tags={"oldphoto.model_version": model_version, "oldphoto.model": params["model"]})
+    now = int(time.time() * 1000)
+    metrics = {f"{method}.{k}": v for method, scores in summary["methods"].items() for k, v in scores.items()}
+    metrics |= {f"mask.{k}": float(v) for k, v in summary["mask"].items()}
+    metrics["model.megapixels_per_second"] = summary["model_megapixels_per_second"]
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())],
+                     params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+    with tempfile.TemporaryDirectory() as folder:
+        for name, url in files.items():
+            (Path(folder) / name).write_bytes(storage.read_bytes(url))
+        client.log_artifacts(run.info.run_id, folder, "evaluation")
+    client.set_terminated(run.info.run_id)
+    registered = _registered_version(client, params["model"])
+    if registered:
+        name, version = registered
+        tags = {"oldphoto.evaluation_run": run.info.run_id,
+                "oldphoto.eval.psnr_y": f"{summary['methods']['model']['psnr_y']:.2f}",
+                "oldphoto.eval.ssim_y": f"{summary['methods']['model']['ssim_y']:.4f}",
+                "oldphoto.eval.mask_f1": f"{summary['mask']['f1']:.3f}"}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    return run.info.run_id

@@ -1,0 +1,174 @@
+"""The evaluation flow on a tiny model and a few photographs: scores checked against a recomputation
+from the pairs, the files, the MLflow run, the held-out set kept and reused, and the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from oldphoto import storage
+from oldphoto.cli import main
+from oldphoto.flows.evaluate import evaluate
+from oldphoto.model.baselines import non_local_means
+from oldphoto.model.config import ModelConfig
+from oldphoto.model.metrics import quality
+from oldphoto.model.restorer import RestorerNetwork
+from oldphoto.pairs import read_pairs
+from oldphoto.settings import get_settings
+from oldphoto.tasks.evaluate import METHODS, EvaluateConfig, markdown_table, summarize
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), path)
+    return str(path)
+
+
+def row(sample_id: int, ops: list[str], base: float, tp: int, fp: int, fn: int) -> dict:
+    scores = {f"{m}.{k}": base + i for i, m in enumerate(METHODS) for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
+    return {"sample_id": sample_id, "ops": ops, "pixels": 1_000_000, "model_seconds": 0.5, "mask_tp": tp,
+            "mask_fp": fp, "mask_fn": fn, "mask_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0, **scores}
+
+
+def test_summary_means_pools_mask_counts_and_breaks_down_by_kind():
+    rows = [row(0, ["jpeg", "scratches"], 10.0, tp=30, fp=10, fn=0),
+            row(1, ["jpeg"], 20.0, tp=0, fp=0, fn=0),
+            row(2, ["scratches"], 30.0, tp=10, fp=0, fn=40)]
+    summary = summarize(rows)
+    assert summary["samples"] == 3
+    assert summary["methods"]["degraded"]["psnr_y"] == pytest.approx(20.0)
+    assert summary["methods"]["model"]["ssim_rgb"] == pytest.approx(24.0)  # base + 4 for the fifth method
+    # Pooled: tp 40, fp 10, fn 40.
+    assert summary["mask"]["precision"] == pytest.approx(0.8)
+    assert summary["mask"]["recall"] == pytest.approx(0.5)
+    assert summary["mask"]["f1"] == pytest.approx(2 * 0.8 * 0.5 / 1.3)
+    assert summary["mask"]["iou"] == pytest.approx(40 / 90)
+    assert summary["mask"]["damaged_samples"] == 2  # the pair without damage does not count
+    assert summary["mask"]["mean_f1_damaged"] == pytest.approx((60 / 70 + 20 / 60) / 2)
+    assert set(summary["by_kind"]) == {"jpeg", "scratches"}
+    assert summary["by_kind"]["jpeg"]["samples"] == 2
+    assert summary["by_kind"]["scratches"]["methods"]["nlm"]["psnr_y"] == pytest.approx(21.0)
+    assert summary["model_megapixels_per_second"] == pytest.approx(2.0)
+    table = markdown_table(summary)
+    assert "| model | 24.00 | 24.0000 | 24.00 | 24.0000 |" in table and "| scratches | 2 |" in table
+    assert "LPIPS: skipped" in table
+
+
+def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, clean_folder, model):
+    config = EvaluateConfig(model=model, count=6, seed=3, crop=48, sheet_samples=2)
+    out = tmp_path / "eval"
+    result = evaluate(clean=str(clean_folder), config=config, out=str(out), real=str(clean_folder / "sub"))
+
+    # The held-out pairs were synthesized once, under OLDPHOTO_HOME, and are what was scored.
+    pairs = list(read_pairs(result["pairs"]))
+    assert result["pairs"].startswith(str(get_settings().home / "heldout"))
+    assert len(pairs) == result["samples"] == 6
+    degraded = np.mean([quality(p["degraded"], p["clean"])["psnr_y"] for p in pairs])
+    nlm = np.mean([quality(non_local_means(p["degraded"]), p["clean"])["ssim_rgb"] for p in pairs])
+    assert result["methods"]["degraded"]["psnr_y"] == pytest.approx(degraded)
+    assert result["methods"]["nlm"]["ssim_rgb"] == pytest.approx(nlm)
+    assert all(0.0 <= result["mask"][k] <= 1.0 for k in ("precision", "recall", "f1", "iou"))
+    kinds = {op["op"] for p in pairs for op in p["record"]["ops"]}
+    assert set(result["by_kind"]) == kinds
+
+    # Files: a row per pair, the table, the sheets (2 pairs x 5 columns; 2 real photographs x 4).
+    samples = pq.read_table(out / "samples.parquet").to_pylist()
+    assert [r["sample_id"] for r in samples] == list(range(6))
+    assert json.loads((out / "evaluation.json").read_text())["methods"] == result["methods"]
+    assert "| nlm_telea_truth |" in (out / "table.md").read_text()
+    sheet = np.asarray(Image.open(out / "sheet.png"))
+    assert sheet.shape == (2 * 204 + 4, 5 * 204 + 4, 3)
+    real = np.asarray(Image.open(out / "real_sheet.png"))
+    assert real.shape == (2 * 364 + 4, 4 * 364 + 4, 3)
+
+    # MLflow: a run of this model version holding the same numbers and the files.
+    client = MlflowClient(get_settings().tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["oldphoto.model_version"] == result["model_version"]
+    assert run.data.metrics["model.psnr_y"] == pytest.approx(result["methods"]["model"]["psnr_y"])
+    assert run.data.metrics["mask.f1"] == pytest.approx(result["mask"]["f1"])
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/table.md", "evaluation/sheet.png", "evaluation/samples.parquet"} <= artifacts
+
+    # A second evaluation on the same set reuses the pairs byte for byte and scores the same.
+    shards = {p: p.stat().st_mtime_ns for p in (get_settings().home / "heldout").rglob("*.parquet")}
+    again = evaluate(clean=str(clean_folder), config=config, out=str(tmp_path / "again"))
+    assert again["pairs"] == result["pairs"]
+    assert {p: p.stat().st_mtime_ns for p in (get_settings().home / "heldout").rglob("*.parquet")} == shards
+    assert again["methods"] == result["methods"]
+
+
+def test_registered_model_version_gets_its_evaluation(tmp_path, s3_endpoint, bucket, model):
+    """Pairs on S3, the model by registry reference: the version is tagged with its evaluation."""
+    for p in _pairs(tmp_path):
+        storage.write_bytes_atomic(f"{bucket}/pairs/{p.name}", p.read_bytes())
+    tracking = get_settings().tracking_uri
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)
+    bundle = tmp_path / "restorer.pt"
+    bundle.write_bytes(open(model, "rb").read())
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(bundle), "restorer")
+    client = MlflowClient(tracking)
+    client.create_registered_model("eval-test")
+    version = client.create_model_version("eval-test", f"{run.info.artifact_uri}/restorer", run.info.run_id)
+    client.set_registered_model_alias("eval-test", "candidate", version.version)
+
+    result = evaluate(pairs=f"{bucket}/pairs", config=EvaluateConfig(model="models:/eval-test@candidate", sheet_samples=0),
+                      out=f"{bucket}/evaluation")
+    assert storage.exists(f"{bucket}/evaluation/table.md") and not storage.exists(f"{bucket}/evaluation/sheet.png")
+    tags = client.get_model_version("eval-test", version.version).tags
+    assert tags["oldphoto.evaluation_run"] == result["mlflow_run_id"]
+    assert float(tags["oldphoto.eval.psnr_y"]) == pytest.approx(result["methods"]["model"]["psnr_y"], abs=0.01)
+
+
+def _pairs(tmp_path):
+    """Shards of 4 synthetic pairs made by the synthesis CLI's flow."""
+    from oldphoto.flows.synth import synthesize
+    from oldphoto.tasks.synth import SynthConfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray((rng.random((64, 80, 3)) * 255).astype(np.uint8)).save(src / f"{i}.png")
+    synthesize(str(src), str(tmp_path / "pairs"), SynthConfig(count=4, crop=48, shard_size=2))
+    return sorted((tmp_path / "pairs").glob("*.parquet"))
+
+
+def test_bad_requests_fail_before_any_work(tmp_path, clean_folder, model):
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(pairs=str(tmp_path), clean=str(clean_folder), config=EvaluateConfig(model=model))
+    heldout = get_settings().home / "heldout"
+    before = set(heldout.iterdir()) if heldout.exists() else set()
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        evaluate(clean=str(clean_folder), config=EvaluateConfig(model=str(tmp_path / "missing.pt")))
+    assert (set(heldout.iterdir()) if heldout.exists() else set()) == before  # nothing synthesized
+    with pytest.raises(FileNotFoundError, match="no Parquet shards"):
+        evaluate(pairs=str(tmp_path), config=EvaluateConfig(model=model))
+
+
+def test_cli_prints_the_table_and_where_the_results_are(tmp_path, clean_folder, model, capsys):
+    code = main(["evaluate", "--model", model, "--clean", str(clean_folder), "--count", "2", "--crop", "40",
+                 "--seed", "9", "--out", str(tmp_path / "cli"), "--workers", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| degraded |" in printed and "| model |" in printed and "Damage mask of the model" in printed
+    assert f"results: {tmp_path / 'cli'}" in printed
+    assert len(pq.read_table(io.BytesIO((tmp_path / "cli" / "samples.parquet").read_bytes()))) == 2
+    with pytest.raises(SystemExit):  # argparse: --pairs and --clean exclude each other
+        main(["evaluate", "--pairs", str(tmp_path), "--clean", str(clean_folder)])
+    assert main(["evaluate", "--model", str(tmp_path / "nope.pt"), "--clean", str(clean_folder), "--workers", "1"]) == 2
+    assert "no such model file" in capsys.readouterr().err
