@@ -9,7 +9,6 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from oldphoto import storage
 from oldphoto.flows.synth import synthesize
 from oldphoto.pairs import shard_urls
 from oldphoto.settings import get_settings
