@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from oldphoto import storage
-from oldphoto.model.config import STAGES, ModelConfig
+from oldphoto.model.config import DIRECT, STAGES, ModelConfig
 from oldphoto.models import REGISTERED_NAME
 from oldphoto.settings import get_settings
 from oldphoto.tasks.train import checkpoint_url, close_runs, open_runs, register_restorer, train_stage
@@ -28,13 +28,16 @@ def default_checkpoints(config: ModelConfig, pairs: str, real: str | None) -> st
 def train(pairs: str, real: str | None = None, config: ModelConfig | None = None, stages: list[str] | None = None,
           checkpoints: str | None = None, model_name: str = REGISTERED_NAME) -> dict[str, Any]:
     config = config or ModelConfig()
-    unknown = set(stages or []) - set(STAGES)
+    known = (*STAGES, DIRECT)
+    unknown = set(stages or []) - set(known)
     if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
-    stages = [s for s in STAGES if s in (stages or STAGES)]  # in dependency order
+        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(known)}")
+    stages = [s for s in known if s in (stages or STAGES)]  # in dependency order
+    direct = DIRECT in stages  # the ablation: its restorer is the direct network beside the detector
     checkpoints = checkpoints or default_checkpoints(config, pairs, real)
-    # Stages not trained now must already be in the folder: a restorer needs all four.
-    missing = [s for s in STAGES if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]
+    # Stages not trained now must already be in the folder: a restorer needs all its parts.
+    needed = (DIRECT, "scratch") if direct else STAGES
+    missing = [s for s in needed if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]
     if missing:
         raise FileNotFoundError(f"stages {', '.join(missing)} are neither asked for nor trained in {checkpoints}")
     tracking_uri = get_settings().tracking_uri
@@ -46,7 +49,7 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
     trained_now = any(r["steps"] > r["resumed_at"] for r in results)
     # A rerun of a finished training trains nothing and registers nothing new.
     if trained_now or not registered or registered["name"] != model_name:
-        registered = register_restorer(checkpoints, runs["parent"], tracking_uri, model_name)
+        registered = register_restorer(checkpoints, runs["parent"], tracking_uri, model_name, direct)
     close_runs(runs, stages, tracking_uri)
 
     lines = ["# Training", "", f"checkpoints: `{checkpoints}`", f"MLflow run: `{runs['parent']}`",

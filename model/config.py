@@ -8,8 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-STAGES = ("vae_a", "vae_b", "mapping", "scratch")
-Stage = Literal["vae_a", "vae_b", "mapping", "scratch"]
+STAGES = ("vae_a", "vae_b", "mapping", "scratch")  # the triplet domain translation and its detector
+# The paper's ablation: encoder, mapping and decoder trained end to end on the pairs, no latent spaces.
+DIRECT = "direct"
+Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "direct"]
 
 
 class _Strict(BaseModel):

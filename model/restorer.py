@@ -69,3 +69,17 @@ class RestorerNetwork(nn.Module):
         network.load_state_dict(bundle["state_dict"])
         return network.eval().fast()
 
+
+
+class DirectRestorer(nn.Module):
+    """The ablation: the restore path's encoder, mapping and decoder, of the same compute, trained end
+    to end from degraded to clean photographs instead of through the two VAEs' latent spaces. Its
+    weights load into a RestorerNetwork (same names) beside a scratch detector."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.encoder = Encoder(config.vae)
+        self.mapping = Mapping(config.mapping, config.vae.latent_channels)
+        self.decoder = Decoder(config.vae)
+
+    forward = RestorerNetwork.forward

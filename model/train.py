@@ -21,6 +21,7 @@ from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
+from .restorer import DirectRestorer
 from .scratch import ScratchDetector
 from .vae import VAE
 
@@ -257,8 +258,32 @@ class ScratchTrainer(StageTrainer):
         return [batch["degraded"], torch.sigmoid(logits.float()) * 2 - 1, batch["mask"] * 2 - 1]
 
 
-TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer,
-                                           "mapping": MappingTrainer, "scratch": ScratchTrainer}
+class DirectTrainer(StageTrainer):
+    """direct (the ablation): degraded photo and its true mask straight to the clean photo, with the
+    image terms of the VAE stages (L1, GAN, feature matching, VGG)."""
+
+    stage = "direct"
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"network": DirectRestorer(self.config), "image_discriminator": MultiscaleDiscriminator(self.config.discriminator)}
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            out = self.wrapped["network"](batch["degraded"], batch["mask"])
+        d_loss = self._gan_step(batch["clean"], out)
+        with self.autocast():
+            terms = {"l1": nn.functional.l1_loss(out.float(), batch["clean"])}
+            terms |= self._generator_image_terms(out, batch["clean"])
+        total = self._weighted(terms)
+        self._update("network", total)
+        return {"total": total, "discriminator": torch.tensor(d_loss), **terms}
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        return [batch["degraded"], self.trained["network"](batch["degraded"], batch["mask"]), batch["clean"]]
+
+
+TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer, "mapping": MappingTrainer,
+                                           "scratch": ScratchTrainer, "direct": DirectTrainer}
 
 
 def save_state(state: dict[str, Any]) -> bytes:

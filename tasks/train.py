@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_rgb
-from oldphoto.model.config import ModelConfig
+from oldphoto.model.config import DIRECT, ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.device import pick_device, pick_precision
 from oldphoto.model.losses import VGGLoss
@@ -213,33 +213,41 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
     client.set_terminated(runs["parent"])
 
 
-def build_restorer(checkpoints: str) -> RestorerNetwork:
-    """The restore path from the four stage checkpoints of one folder."""
-    modules, config = {}, None
-    for stage in ("vae_a", "vae_b", "mapping", "scratch"):
+def build_restorer(checkpoints: str, direct: bool = False) -> RestorerNetwork:
+    """The restore path from the stage checkpoints of one folder: VAE_A's encoder, the mapping and
+    VAE_B's decoder (or, direct, the ablation's network), and the scratch detector."""
+    def modules(stage: str) -> tuple[ModelConfig, dict[str, Any]]:
         url = checkpoint_url(checkpoints, stage)
         if not storage.exists(url):
-            raise FileNotFoundError(f"{url} is missing: a restorer needs all four stages trained")
+            raise FileNotFoundError(f"{url} is missing: the restorer needs its {stage} stage trained")
         state = load_state(storage.read_bytes(url))
-        config = ModelConfig.model_validate_json(state["config"])
-        modules[stage] = state["trainer"]["modules"]
+        return ModelConfig.model_validate_json(state["config"]), state["trainer"]["modules"]
+
+    def part(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in weights.items() if k.startswith(prefix)}
+
+    config, scratch = modules("scratch")
+    weights = {f"scratch.{k}": v for k, v in scratch["detector"].items()}
+    if direct:
+        weights |= modules(DIRECT)[1]["network"]
+    else:
+        weights |= part(modules("vae_a")[1]["vae"], "encoder.") | part(modules("vae_b")[1]["vae"], "decoder.")
+        weights |= {f"mapping.{k}": v for k, v in modules("mapping")[1]["mapping"].items()}
     network = RestorerNetwork(config)
-    network.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in modules["vae_a"]["vae"].items() if k.startswith("encoder.")})
-    network.decoder.load_state_dict({k.removeprefix("decoder."): v for k, v in modules["vae_b"]["vae"].items() if k.startswith("decoder.")})
-    network.mapping.load_state_dict(modules["mapping"]["mapping"])
-    network.scratch.load_state_dict(modules["scratch"]["detector"])
+    network.load_state_dict(weights)
     return network.eval().fast()
 
 
 @task
-def register_restorer(checkpoints: str, run_id: str, tracking_uri: str, model_name: str) -> dict[str, Any]:
+def register_restorer(checkpoints: str, run_id: str, tracking_uri: str, model_name: str,
+                      direct: bool = False) -> dict[str, Any]:
     """Bundle the stages, log the bundle to the parent run (as a file and as an MLflow pyfunc model)
     and register it as a new version of model_name."""
     import mlflow
 
     from oldphoto.mlflow_model import RestorerModel
 
-    network = build_restorer(checkpoints)
+    network = build_restorer(checkpoints, direct)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as folder:

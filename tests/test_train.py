@@ -78,7 +78,7 @@ def test_sample_stream_is_seeded_resumable_and_split_across_ranks():
         SampleStream(2, lambda i: [], 0).take(1)
 
 
-@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch"])
+@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "direct"])
 def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     frozen = {"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else None
     trainer = TRAINERS[stage](TINY, torch.device("cpu"), torch.float32, frozen=frozen)
@@ -214,6 +214,15 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     assert again["version"] == result["version"]  # nothing new trained, nothing new registered
     assert all(s["resumed_at"] == s["steps"] for s in again["stages"])
 
+    # The ablation in the same folder: the direct network beside the same scratch detector.
+    direct = train(pairs, real, TINY, stages=["direct"], checkpoints=checkpoints, model_name="test-direct")
+    assert [s["stage"] for s in direct["stages"]] == ["direct"]
+    ablation, triplet = load_restorer(direct["uri"]).state_dict(), load_restorer(result["uri"]).state_dict()
+    state = load_state((tmp_path / "ckpt" / "direct.pt").read_bytes())["trainer"]["modules"]["network"]
+    assert all(torch.equal(ablation[k], v) for k, v in state.items())
+    assert all(torch.equal(ablation[k], triplet[k]) for k in triplet if k.startswith("scratch."))
+    assert not torch.equal(ablation["decoder.body.0.weight"], triplet["decoder.body.0.weight"])
+
 
 def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, tracking, tmp_path):
     from oldphoto.flows.train import train
@@ -223,6 +232,8 @@ def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, 
         train(pairs, None, TINY, stages=["vae_c"])
     with pytest.raises(FileNotFoundError, match="vae_a, vae_b"):
         train(pairs, None, TINY, stages=["mapping", "scratch"], checkpoints=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="stages scratch are neither"):
+        train(pairs, None, TINY, stages=["direct"], checkpoints=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no such model file"):
         load_restorer(str(tmp_path / "nothing.pt"))
     (tmp_path / "junk.pt").write_bytes(b"junk")
