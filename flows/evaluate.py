@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 from oldphoto.flows.synth import synthesize
 from oldphoto.pairs import shard_urls
 from oldphoto.settings import get_settings
-from oldphoto.tasks.evaluate import (EvaluateConfig, evaluate_shard, heldout_url, log_evaluation, markdown_table,
+from oldphoto.tasks.evaluate import (EvaluateConfig, check_lpips, evaluate_shard, heldout_url, log_evaluation, markdown_table,
                                      real_sheet, summarize, write_results)
 from oldphoto.tasks.restore import check_model
 from oldphoto.tasks.synth import SynthConfig
@@ -30,6 +30,7 @@ def evaluate(pairs: str | None = None, clean: str | None = None, config: Evaluat
         raise ValueError("give either synthetic pairs or clean photographs to synthesize them from, not both")
     settings = get_settings()
     version = check_model.submit(config.model, config.device, config.precision, config.tile).result()
+    check_lpips.submit(config).result()
     if clean is not None:
         pairs = heldout_url(clean, config, settings.home)
         synthesize(clean, pairs, SynthConfig(count=config.count, seed=config.seed, crop=config.crop,

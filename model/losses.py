@@ -52,22 +52,27 @@ VGG19_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 5
 VGG_LAYERS = {1: 1 / 32, 6: 1 / 16, 11: 1 / 8, 20: 1 / 4, 29: 1.0}
 
 
+def vgg_features(layout: list, state_dict: dict[str, torch.Tensor]) -> nn.Sequential:
+    """torchvision's VGG `features` of a layout, frozen, with weights from its state dict."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for width in layout:
+        if width == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=False)]
+            in_channels = width
+    features = nn.Sequential(*layers)
+    features.load_state_dict({k.removeprefix("features."): v for k, v in state_dict.items() if not k.startswith("classifier.")})
+    return features.requires_grad_(False).eval()
+
+
 class VGGLoss(nn.Module):
     """Perceptual loss: weighted L1 between VGG19 features of two images in [-1, 1]."""
 
     def __init__(self, state_dict: dict[str, torch.Tensor]):
         super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = 3
-        for width in VGG19_LAYOUT:
-            if width == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=False)]
-                in_channels = width
-        self.features = nn.Sequential(*layers)
-        weights = {k.removeprefix("features."): v for k, v in state_dict.items() if not k.startswith("classifier.")}
-        self.features.load_state_dict(weights)
+        self.features = vgg_features(VGG19_LAYOUT, state_dict)
         self.requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))

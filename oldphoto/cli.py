@@ -89,6 +89,7 @@ def evaluate(args: argparse.Namespace) -> int:
     config = EvaluateConfig(**{k: v for k, v in {
         "model": args.model, "scratch": args.scratch, "device": settings.device, "seed": args.seed,
         "count": args.count, "degradation": DegradationConfig.load(args.degradation) if args.degradation else None,
+        "lpips_vgg16": args.lpips_vgg16, "lpips_linear": args.lpips_linear,
     }.items() if v is not None})
     if args.crop is not None:
         config.crop = args.crop or None  # 0: whole images
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, help="square crop of the held-out set (default 256; 0 keeps whole images)")
     p.add_argument("--degradation", help="degradation preset or JSON file of the held-out set (default: default)")
     p.add_argument("--real", help="folder or URL of real old photographs for a before/after sheet")
+    p.add_argument("--lpips-vgg16", help="torchvision's ImageNet VGG16 weights, for LPIPS (with --lpips-linear)")
+    p.add_argument("--lpips-linear", help="the lpips package's weights/v0.1/vgg.pth (with --lpips-vgg16)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="folder or URL for the results (default: under OLDPHOTO_HOME/evaluations)")

@@ -29,7 +29,7 @@ def read_weights(ref: str) -> Any:
     try:
         data = storage.read_bytes(ref)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{ref}: no such model file") from None
+        raise FileNotFoundError(f"{ref}: no such weights file") from None
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:

@@ -11,6 +11,7 @@ Methods, each scored against the clean photograph of every pair:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_archive, to_rgb8
@@ -54,6 +55,38 @@ class EvaluateConfig(BaseModel):
     crop: int | None = Field(256, ge=16, description="square crop of each photograph; None keeps whole images")
     degradation: DegradationConfig = Field(default_factory=lambda: DegradationConfig.load("default"))
     sheet_samples: int = Field(8, ge=0, description="pairs shown on the before/after sheet")
+    # LPIPS needs both (paths or URLs); without them it is skipped, and the report says so.
+    lpips_vgg16: str | None = Field(None, description="torchvision's ImageNet VGG16 state dict")
+    lpips_linear: str | None = Field(None, description="the lpips package's linear layers, weights/v0.1/vgg.pth")
+
+    @model_validator(mode="after")
+    def _both_lpips_files(self) -> EvaluateConfig:
+        if (self.lpips_vgg16 is None) != (self.lpips_linear is None):
+            raise ValueError("LPIPS needs both lpips_vgg16 and lpips_linear weights, or neither")
+        return self
+
+
+@functools.cache
+def lpips_for(vgg16: str, linear: str):
+    from oldphoto.model.lpips import LPIPS
+    from oldphoto.models import read_weights
+
+    return LPIPS(read_weights(vgg16), read_weights(linear))
+
+
+@task
+def check_lpips(config: EvaluateConfig) -> None:
+    """Load the LPIPS weights before any work, so that a missing file fails the run at once."""
+    if config.lpips_vgg16:
+        lpips_for(config.lpips_vgg16, config.lpips_linear)
+
+
+def lpips_distance(metric, image: np.ndarray, reference: np.ndarray) -> float:
+    def tensor(x: np.ndarray):
+        import torch
+
+        return torch.from_numpy(_rgb(to_rgb8(x))).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+    return float(metric(tensor(image), tensor(reference))[0])
 
 
 def heldout_url(clean: str, config: EvaluateConfig, home: Path) -> str:
@@ -93,6 +126,8 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
                "mask_fn": int((~mask & truth).sum()), "mask_f1": scores["f1"]}
         for method, output in outputs.items():
             row |= {f"{method}.{k}": v for k, v in quality(output, clean).items()}
+            if config.lpips_vgg16:
+                row[f"{method}.lpips"] = lpips_distance(lpips_for(config.lpips_vgg16, config.lpips_linear), output, clean)
         rows.append(row)
         if sample["sample_id"] < config.sheet_samples:
             sheet.append({"sample_id": sample["sample_id"], "images": {
@@ -104,8 +139,10 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean scores per method, the mask scores pooled over all pixels, and the same means per
     degradation kind (the operations the pairs' records list)."""
+    metrics = [k for k in (*METRICS, "lpips") if f"model.{k}" in rows[0]]
+
     def means(subset: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-        return {m: {k: float(np.mean([r[f"{m}.{k}"] for r in subset])) for k in METRICS} for m in METHODS}
+        return {m: {k: float(np.mean([r[f"{m}.{k}"] for r in subset])) for k in metrics} for m in METHODS}
 
     kinds = sorted({op for r in rows for op in r["ops"]})
     damaged = [r for r in rows if r["mask_tp"] + r["mask_fn"]]
@@ -124,10 +161,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown_table(summary: dict[str, Any]) -> str:
     """The printed report: methods x metrics, mask scores, then Y-PSNR per degradation kind."""
     m = summary["methods"]
+    metrics = list(m["model"])
     lines = [f"Evaluation on {summary['samples']} pairs (means; PSNR in dB)", "",
-             "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    lines += [f"| {method} | " + " | ".join(f"{m[method][k]:.4f}" if "ssim" in k else f"{m[method][k]:.2f}"
-                                            for k in METRICS) + " |" for method in METHODS]
+             "| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    lines += [f"| {method} | " + " | ".join(f"{m[method][k]:.2f}" if "psnr" in k else f"{m[method][k]:.4f}"
+                                            for k in metrics) + " |" for method in METHODS]
     k = summary["mask"]
     lines += ["", f"Damage mask of the model, pooled over all pixels: precision {k['precision']:.3f}, recall "
               f"{k['recall']:.3f}, F1 {k['f1']:.3f}, IoU {k['iou']:.3f} (mean F1 over the {k['damaged_samples']} "
@@ -136,8 +174,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
               "| kind | pairs | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 2) + "|"]
     lines += [f"| {kind} | {b['samples']} | " + " | ".join(f"{b['methods'][x]['psnr_y']:.2f}" for x in METHODS) + " |"
               for kind, b in summary["by_kind"].items()]
-    lines += ["", "LPIPS: skipped (no LPIPS weights are configured)",
-              f"Model speed over the set: {summary['model_megapixels_per_second']:.2f} megapixels/s"]
+    if "lpips" not in metrics:
+        lines += ["", "LPIPS: skipped (no LPIPS weights are configured: lpips_vgg16 and lpips_linear)"]
+    lines += ["", f"Model speed over the set: {summary['model_megapixels_per_second']:.2f} megapixels/s"]
     return "\n".join(lines)
 
 

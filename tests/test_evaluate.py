@@ -25,6 +25,8 @@ from oldphoto.pairs import read_pairs
 from oldphoto.settings import get_settings
 from oldphoto.tasks.evaluate import METHODS, EvaluateConfig, markdown_table, summarize
 
+from test_metrics import lpips_weights
+
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
@@ -126,9 +128,16 @@ def test_registered_model_version_gets_its_evaluation(tmp_path, s3_endpoint, buc
     version = client.create_model_version("eval-test", f"{run.info.artifact_uri}/restorer", run.info.run_id)
     client.set_registered_model_alias("eval-test", "candidate", version.version)
 
-    result = evaluate(pairs=f"{bucket}/pairs", config=EvaluateConfig(model="models:/eval-test@candidate", sheet_samples=0),
-                      out=f"{bucket}/evaluation")
+    vgg, linear = lpips_weights()
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    torch.save(linear, tmp_path / "lin.pth")
+    config = EvaluateConfig(model="models:/eval-test@candidate", sheet_samples=0,
+                            lpips_vgg16=str(tmp_path / "vgg16.pth"), lpips_linear=str(tmp_path / "lin.pth"))
+    result = evaluate(pairs=f"{bucket}/pairs", config=config, out=f"{bucket}/evaluation")
     assert storage.exists(f"{bucket}/evaluation/table.md") and not storage.exists(f"{bucket}/evaluation/sheet.png")
+    # LPIPS scored for every method: positive for the degraded input, and in the table and MLflow.
+    assert result["methods"]["degraded"]["lpips"] > 0 and all("lpips" in m for m in result["methods"].values())
+    assert "lpips |" in result["table"] and "LPIPS: skipped" not in result["table"]
     tags = client.get_model_version("eval-test", version.version).tags
     assert tags["oldphoto.evaluation_run"] == result["mlflow_run_id"]
     assert float(tags["oldphoto.eval.psnr_y"]) == pytest.approx(result["methods"]["model"]["psnr_y"], abs=0.01)
@@ -153,11 +162,16 @@ def test_bad_requests_fail_before_any_work(tmp_path, clean_folder, model):
         evaluate(pairs=str(tmp_path), clean=str(clean_folder), config=EvaluateConfig(model=model))
     heldout = get_settings().home / "heldout"
     before = set(heldout.iterdir()) if heldout.exists() else set()
-    with pytest.raises(FileNotFoundError, match="no such model file"):
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
         evaluate(clean=str(clean_folder), config=EvaluateConfig(model=str(tmp_path / "missing.pt")))
     assert (set(heldout.iterdir()) if heldout.exists() else set()) == before  # nothing synthesized
     with pytest.raises(FileNotFoundError, match="no Parquet shards"):
         evaluate(pairs=str(tmp_path), config=EvaluateConfig(model=model))
+    with pytest.raises(ValueError, match="both lpips_vgg16 and lpips_linear"):
+        EvaluateConfig(lpips_vgg16=model)
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        evaluate(clean=str(clean_folder), config=EvaluateConfig(model=model, lpips_vgg16=str(tmp_path / "v.pth"),
+                                                                 lpips_linear=str(tmp_path / "l.pth")))
 
 
 def test_cli_prints_the_table_and_where_the_results_are(tmp_path, clean_folder, model, capsys):
@@ -171,4 +185,4 @@ def test_cli_prints_the_table_and_where_the_results_are(tmp_path, clean_folder, 
     with pytest.raises(SystemExit):  # argparse: --pairs and --clean exclude each other
         main(["evaluate", "--pairs", str(tmp_path), "--clean", str(clean_folder)])
     assert main(["evaluate", "--model", str(tmp_path / "nope.pt"), "--clean", str(clean_folder), "--workers", "1"]) == 2
-    assert "no such model file" in capsys.readouterr().err
+    assert "no such weights file" in capsys.readouterr().err

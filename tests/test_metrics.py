@@ -49,3 +49,59 @@ def test_baselines_denoise_and_fill_scratches(photo):
     assert np.abs(filled[40:42].astype(int) - photo[40:42]).mean() < np.abs(scratched[40:42].astype(int) - photo[40:42]).mean() / 3
     with pytest.raises(ValueError, match="uint8"):
         non_local_means(photo.astype(np.uint16))
+
+
+def lpips_weights(seed: int = 0) -> tuple[dict, dict]:
+    """Random VGG16 and linear-layer weights in the files' own key layouts."""
+    import torch
+
+    from oldphoto.model.lpips import TAPS, VGG16_LAYOUT
+
+    torch.manual_seed(seed)
+    layers, c, index = {}, 3, 0
+    for width in VGG16_LAYOUT:
+        if width == "M":
+            index += 1
+            continue
+        layers[f"features.{index}.weight"] = torch.randn(width, c, 3, 3) * (2 / (9 * c)) ** 0.5
+        layers[f"features.{index}.bias"] = torch.zeros(width)
+        c, index = width, index + 2
+    linear = {f"lin{i}.model.1.weight": torch.rand(1, w, 1, 1) for i, w in enumerate(TAPS.values())}
+    return layers, linear
+
+
+def test_lpips_is_the_published_formula():
+    """Against a direct computation from the weight files: scale the input, run VGG16's convolutions,
+    and at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 unit-normalize over channels, weight squared
+    differences per channel, average over space; sum the five."""
+    import torch
+    import torch.nn.functional as F
+
+    from oldphoto.model.lpips import LPIPS
+
+    vgg, linear = lpips_weights()
+    metric = LPIPS(vgg, linear)
+    torch.manual_seed(1)
+    a = torch.rand(2, 3, 40, 48) * 2 - 1
+    b = (a + 0.3 * torch.randn_like(a)).clamp(-1, 1)
+
+    def reference(x, y):
+        shift, scale = torch.tensor([-0.030, -0.088, -0.188]), torch.tensor([0.458, 0.448, 0.450])
+        h = [(t - shift.view(1, 3, 1, 1)) / scale.view(1, 3, 1, 1) for t in (x, y)]
+        total, conv, tap = 0.0, 0, 0
+        for block in ([2, 2, 3, 3, 3]):
+            for _ in range(block):
+                index = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28][conv]
+                h = [F.relu(F.conv2d(t, vgg[f"features.{index}.weight"], vgg[f"features.{index}.bias"], padding=1)) for t in h]
+                conv += 1
+            n = [t / (t.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for t in h]
+            total = total + ((n[0] - n[1]).pow(2) * linear[f"lin{tap}.model.1.weight"]).sum(1).mean((1, 2))
+            tap += 1
+            h = [F.max_pool2d(t, 2) for t in h]
+        return total
+
+    assert torch.allclose(metric(a, b), reference(a, b), rtol=1e-4)
+    assert torch.allclose(metric(a, a), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(metric(a, b), metric(b, a), rtol=1e-4)
+    worse = (a + 0.8 * torch.randn_like(a)).clamp(-1, 1)
+    assert (metric(a, worse) > metric(a, b)).all()

@@ -234,7 +234,7 @@ def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, 
         train(pairs, None, TINY, stages=["mapping", "scratch"], checkpoints=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="stages scratch are neither"):
         train(pairs, None, TINY, stages=["direct"], checkpoints=str(tmp_path / "empty"))
-    with pytest.raises(FileNotFoundError, match="no such model file"):
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
         load_restorer(str(tmp_path / "nothing.pt"))
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable weights file"):
