@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import torch
 import pyarrow.parquet as pq
 from PIL import Image
 from prefect import task
@@ -30,7 +31,7 @@ from pydantic import BaseModel, Field, model_validator
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_archive, to_rgb8
 from oldphoto.model.baselines import non_local_means, non_local_means_inpainted
-from oldphoto.model.metrics import mask_scores, mask_scores_from_counts, quality
+from oldphoto.model.metrics import mask_scores_from_counts, quality
 from oldphoto.pairs import read_shard
 from oldphoto.sheets import labelled_grid
 from oldphoto.synth import DegradationConfig
@@ -82,10 +83,9 @@ def check_lpips(config: EvaluateConfig) -> None:
 
 
 def lpips_distance(metric, image: np.ndarray, reference: np.ndarray) -> float:
-    def tensor(x: np.ndarray):
-        import torch
-
-        return torch.from_numpy(_rgb(to_rgb8(x))).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+    """LPIPS of two uint8 images (gray or RGB)."""
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(_rgb(x)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
     return float(metric(tensor(image), tensor(reference))[0])
 
 
@@ -117,13 +117,12 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
                    "nlm_telea": non_local_means_inpainted(degraded, mask, denoised=denoised),
                    "nlm_telea_truth": non_local_means_inpainted(degraded, truth, denoised=denoised),
                    "model": restored}
-        scores = mask_scores(mask, truth)
+        counts = {"mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()),
+                  "mask_fn": int((~mask & truth).sum())}  # pixel counts, so that scores pool over the set
         row = {"sample_id": sample["sample_id"], "source_key": sample["source_key"],
                "ops": sorted({op["op"] for op in sample["record"]["ops"]}), "grayscale": sample["record"]["grayscale"],
-               "pixels": int(truth.size), "model_seconds": seconds,
-               # Pixel counts, so that the mask scores can be pooled over the whole set.
-               "mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()),
-               "mask_fn": int((~mask & truth).sum()), "mask_f1": scores["f1"]}
+               "pixels": int(truth.size), "model_seconds": seconds, **counts,
+               "mask_f1": mask_scores_from_counts(*counts.values())["f1"]}
         for method, output in outputs.items():
             row |= {f"{method}.{k}": v for k, v in quality(output, clean).items()}
             if config.lpips_vgg16:
