@@ -30,6 +30,8 @@ def evaluate(pairs: str | None = None, clean: str | None = None, config: Evaluat
         raise ValueError("give either synthetic pairs or clean photographs to synthesize them from, not both")
     settings = get_settings()
     version = check_model.submit(config.model, config.device, config.precision, config.tile).result()
+    if config.compare:
+        check_model.submit(config.compare, config.device, config.precision, config.tile).result()
     check_lpips.submit(config).result()
     if clean is not None:
         pairs = heldout_url(clean, config, settings.home)
@@ -46,7 +48,7 @@ def evaluate(pairs: str | None = None, clean: str | None = None, config: Evaluat
     files = write_results(out, rows, summary, [s for result in results for s in result["sheet"]])
     if real is not None:
         files["real_sheet.png"] = real_sheet.submit(real, out, config).result()
-    params = {"model": config.model, "model_version": version, "pairs": pairs, "clean": str(clean),
+    params = {"model": config.model, "model_version": version, "compare": str(config.compare), "pairs": pairs, "clean": str(clean),
               "seed": config.seed, "count": len(rows), "scratch": config.scratch, "real": str(real)}
     run_id = log_evaluation(summary, files, params, version, settings.tracking_uri)
 

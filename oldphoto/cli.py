@@ -87,8 +87,8 @@ def evaluate(args: argparse.Namespace) -> int:
                          mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
                          torch_threads=max(1, (os.cpu_count() or 1) // workers) if local else None)
     config = EvaluateConfig(**{k: v for k, v in {
-        "model": args.model, "scratch": args.scratch, "device": settings.device, "seed": args.seed,
-        "count": args.count, "degradation": DegradationConfig.load(args.degradation) if args.degradation else None,
+        "model": args.model, "compare": args.compare, "scratch": args.scratch, "device": settings.device,
+        "seed": args.seed, "count": args.count, "degradation": DegradationConfig.load(args.degradation) if args.degradation else None,
         "lpips_vgg16": args.lpips_vgg16, "lpips_linear": args.lpips_linear,
     }.items() if v is not None})
     if args.crop is not None:
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("evaluate", help="score a restorer and the classical baselines on held-out pairs")
     p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
+    p.add_argument("--compare", help="a second restorer, scored and shown beside the model (the champion, an ablation)")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--pairs", help="folder or URL of synthesized pairs to score on")
     data.add_argument("--clean", help=f"clean photographs to synthesize a held-out set from (default: {DEFAULT_HELDOUT})")

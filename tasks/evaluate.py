@@ -7,6 +7,7 @@ Methods, each scored against the clean photograph of every pair:
   nlm_telea        non-local means, then Telea inpainting of the model's damage mask
   nlm_telea_truth  the same with the true damage mask (a bound on what the mask can give NLM)
   model            the restorer, through the engine, as `oldphoto restore` runs it
+  compare          optionally a second restorer the same way (the champion, or an ablation)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from oldphoto.sheets import labelled_grid
 from oldphoto.synth import DegradationConfig
 from oldphoto.tasks.restore import DEFAULT_MODEL, restorer_for
 
-METHODS = ("degraded", "nlm", "nlm_telea", "nlm_telea_truth", "model")
+METHODS = ("degraded", "nlm", "nlm_telea", "nlm_telea_truth", "model", "compare")
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 EXPERIMENT = "oldphoto-evaluate"
 
@@ -46,6 +47,7 @@ class EvaluateConfig(BaseModel):
     """What is evaluated and on what; the defaults score the shipped model on BSDS500 test."""
 
     model: str = Field(DEFAULT_MODEL, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...")
+    compare: str | None = Field(None, description="a second restorer, scored and shown beside the model")
     scratch: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -105,18 +107,20 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
     """Every pair of one shard: each method's output scored against the clean photograph, the model's
     mask against the true one. Returns rows (one per pair) and the sheet's images of the first pairs."""
-    restorer, _ = restorer_for(config.model, config.device, config.precision, config.tile)
     rows, sheet = [], []
+    columns = ["degraded", "nlm_telea", "model", "compare", "clean"] if config.compare else ["degraded", "nlm_telea", "model", "clean"]
     for sample in read_shard(shard):
         clean, degraded, truth = sample["clean"], sample["degraded"], sample["mask"]
         started = time.perf_counter()
-        restored, mask, _ = restorer.restore(degraded, config.scratch)
+        restored, mask, _ = _restore(config.model, config, degraded)
         seconds = time.perf_counter() - started
         denoised = non_local_means(degraded)
         outputs = {"degraded": degraded, "nlm": denoised,
                    "nlm_telea": non_local_means_inpainted(degraded, mask, denoised=denoised),
                    "nlm_telea_truth": non_local_means_inpainted(degraded, truth, denoised=denoised),
                    "model": restored}
+        if config.compare:
+            outputs["compare"] = _restore(config.compare, config, degraded)[0]
         counts = {"mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()),
                   "mask_fn": int((~mask & truth).sum())}  # pixel counts, so that scores pool over the set
         row = {"sample_id": sample["sample_id"], "source_key": sample["source_key"],
@@ -129,19 +133,27 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
                 row[f"{method}.lpips"] = lpips_distance(lpips_for(config.lpips_vgg16, config.lpips_linear), output, clean)
         rows.append(row)
         if sample["sample_id"] < config.sheet_samples:
-            sheet.append({"sample_id": sample["sample_id"], "images": {
-                "degraded": degraded, "nlm_telea": outputs["nlm_telea"], "model": restored,
-                "clean": clean, "model mask": mask.astype(np.uint8) * 255}})
+            images = [(f"{name} #{sample['sample_id']}", _rgb((outputs | {"clean": clean})[name])) for name in columns]
+            sheet.append({"sample_id": sample["sample_id"], "images": [*images, ("model mask", _rgb(_white(mask)))]})
     return {"rows": rows, "sheet": sheet}
+
+
+def _restore(model: str, config: EvaluateConfig, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    return restorer_for(model, config.device, config.precision, config.tile)[0].restore(image, config.scratch)
+
+
+def _white(mask: np.ndarray) -> np.ndarray:
+    return mask.astype(np.uint8) * 255
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean scores per method, the mask scores pooled over all pixels, and the same means per
     degradation kind (the operations the pairs' records list)."""
     metrics = [k for k in (*METRICS, "lpips") if f"model.{k}" in rows[0]]
+    methods = [m for m in METHODS if f"{m}.psnr_y" in rows[0]]
 
     def means(subset: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-        return {m: {k: float(np.mean([r[f"{m}.{k}"] for r in subset])) for k in metrics} for m in METHODS}
+        return {m: {k: float(np.mean([r[f"{m}.{k}"] for r in subset])) for k in metrics} for m in methods}
 
     kinds = sorted({op for r in rows for op in r["ops"]})
     damaged = [r for r in rows if r["mask_tp"] + r["mask_fn"]]
@@ -160,18 +172,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown_table(summary: dict[str, Any]) -> str:
     """The printed report: methods x metrics, mask scores, then Y-PSNR per degradation kind."""
     m = summary["methods"]
-    metrics = list(m["model"])
+    methods, metrics = list(m), list(m["model"])
     lines = [f"Evaluation on {summary['samples']} pairs (means; PSNR in dB)", "",
              "| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     lines += [f"| {method} | " + " | ".join(f"{m[method][k]:.2f}" if "psnr" in k else f"{m[method][k]:.4f}"
-                                            for k in metrics) + " |" for method in METHODS]
+                                            for k in metrics) + " |" for method in methods]
     k = summary["mask"]
     lines += ["", f"Damage mask of the model, pooled over all pixels: precision {k['precision']:.3f}, recall "
               f"{k['recall']:.3f}, F1 {k['f1']:.3f}, IoU {k['iou']:.3f} (mean F1 over the {k['damaged_samples']} "
               f"damaged pairs: {k['mean_f1_damaged']:.3f})", "",
               "Y-PSNR by degradation kind (pairs whose recipe applied it):", "",
-              "| kind | pairs | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 2) + "|"]
-    lines += [f"| {kind} | {b['samples']} | " + " | ".join(f"{b['methods'][x]['psnr_y']:.2f}" for x in METHODS) + " |"
+              "| kind | pairs | " + " | ".join(methods) + " |", "|---" * (len(methods) + 2) + "|"]
+    lines += [f"| {kind} | {b['samples']} | " + " | ".join(f"{b['methods'][x]['psnr_y']:.2f}" for x in methods) + " |"
               for kind, b in summary["by_kind"].items()]
     if "lpips" not in metrics:
         lines += ["", "LPIPS: skipped (no LPIPS weights are configured: lpips_vgg16 and lpips_linear)"]
@@ -193,9 +205,7 @@ def write_results(out: str, rows: list[dict[str, Any]], summary: dict[str, Any],
     pq.write_table(pa.Table.from_pylist(rows), table)
     storage.write_bytes_atomic(urls["samples.parquet"], table.getvalue())
     storage.write_bytes_atomic(urls["table.md"], markdown_table(summary).encode())
-    columns = ["degraded", "nlm_telea", "model", "clean", "model mask"]
-    grid = [[(f"{name} #{s['sample_id']}", _rgb(s["images"][name])) for name in columns]
-            for s in sorted(sheet, key=lambda s: s["sample_id"])]
+    grid = [s["images"] for s in sorted(sheet, key=lambda s: s["sample_id"])]
     if grid:
         storage.write_bytes_atomic(urls["sheet.png"], _png(labelled_grid(grid)))
     else:
@@ -207,18 +217,19 @@ def write_results(out: str, rows: list[dict[str, Any]], summary: dict[str, Any],
 @task(retries=1, retry_delay_seconds=2)
 def real_sheet(real: str, out: str, config: EvaluateConfig) -> str:
     """out/real_sheet.png: each real old photograph, then non-local means plus Telea with the model's
-    mask, then the model's restoration and its mask. There is no reference to score them against: the
+    mask, the model's restoration (and the compared restorer's), and the model's mask. There is no reference to score them against: the
     sheet is for the eye."""
-    restorer, _ = restorer_for(config.model, config.device, config.precision, config.tile)
     rows = []
     for key in storage.list_images(real):
         try:
             image = to_rgb8(decode_archive(storage.read_bytes(storage.join(real, key)), key).pixels)
         except UnreadableImage:
             continue  # not a photograph to show; the restore flow reports such files
-        restored, mask, _ = restorer.restore(image, config.scratch)
-        rows.append([(key, _rgb(image)), ("nlm_telea", _rgb(non_local_means_inpainted(image, mask))),
-                     ("model", _rgb(restored)), ("model mask", _rgb(mask.astype(np.uint8) * 255))])
+        restored, mask, _ = _restore(config.model, config, image)
+        row = [(key, _rgb(image)), ("nlm_telea", _rgb(non_local_means_inpainted(image, mask))), ("model", _rgb(restored))]
+        if config.compare:
+            row.append(("compare", _rgb(_restore(config.compare, config, image)[0])))
+        rows.append([*row, ("model mask", _rgb(_white(mask)))])
     if not rows:
         raise FileNotFoundError(f"{real}: no readable photographs for the real-photo sheet")
     url = storage.join(out, "real_sheet.png")

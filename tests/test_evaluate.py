@@ -69,7 +69,10 @@ def test_summary_means_pools_mask_counts_and_breaks_down_by_kind():
 
 
 def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, clean_folder, model):
-    config = EvaluateConfig(model=model, count=6, seed=3, crop=48, sheet_samples=2)
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), other)
+    config = EvaluateConfig(model=model, compare=str(other), count=6, seed=3, crop=48, sheet_samples=2)
     out = tmp_path / "eval"
     result = evaluate(clean=str(clean_folder), config=config, out=str(out), real=str(clean_folder / "sub"))
 
@@ -82,18 +85,20 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
     assert result["methods"]["degraded"]["psnr_y"] == pytest.approx(degraded)
     assert result["methods"]["nlm"]["ssim_rgb"] == pytest.approx(nlm)
     assert all(0.0 <= result["mask"][k] <= 1.0 for k in ("precision", "recall", "f1", "iou"))
+    assert list(result["methods"]) == [*METHODS]  # the compared restorer scored beside the model
+    assert result["methods"]["compare"]["psnr_y"] != result["methods"]["model"]["psnr_y"]
     kinds = {op["op"] for p in pairs for op in p["record"]["ops"]}
     assert set(result["by_kind"]) == kinds
 
-    # Files: a row per pair, the table, the sheets (2 pairs x 5 columns; 2 real photographs x 4).
+    # Files: a row per pair, the table, the sheets (2 pairs x 6 columns; 2 real photographs x 5).
     samples = pq.read_table(out / "samples.parquet").to_pylist()
     assert [r["sample_id"] for r in samples] == list(range(6))
     assert json.loads((out / "evaluation.json").read_text())["methods"] == result["methods"]
     assert "| nlm_telea_truth |" in (out / "table.md").read_text()
     sheet = np.asarray(Image.open(out / "sheet.png"))
-    assert sheet.shape == (2 * 204 + 4, 5 * 204 + 4, 3)
+    assert sheet.shape == (2 * 204 + 4, 6 * 204 + 4, 3)
     real = np.asarray(Image.open(out / "real_sheet.png"))
-    assert real.shape == (2 * 364 + 4, 4 * 364 + 4, 3)
+    assert real.shape == (2 * 364 + 4, 5 * 364 + 4, 3)
 
     # MLflow: a run of this model version holding the same numbers and the files.
     client = MlflowClient(get_settings().tracking_uri)
@@ -106,10 +111,11 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
 
     # A second evaluation on the same set reuses the pairs byte for byte and scores the same.
     shards = {p: p.stat().st_mtime_ns for p in (get_settings().home / "heldout").rglob("*.parquet")}
-    again = evaluate(clean=str(clean_folder), config=config, out=str(tmp_path / "again"))
+    again = evaluate(clean=str(clean_folder), config=config.model_copy(update={"compare": None}),
+                     out=str(tmp_path / "again"))
     assert again["pairs"] == result["pairs"]
     assert {p: p.stat().st_mtime_ns for p in (get_settings().home / "heldout").rglob("*.parquet")} == shards
-    assert again["methods"] == result["methods"]
+    assert again["methods"] == {k: v for k, v in result["methods"].items() if k != "compare"}
 
 
 def test_registered_model_version_gets_its_evaluation(tmp_path, s3_endpoint, bucket, model):
