@@ -96,3 +96,17 @@ def clean_folder(tmp_path) -> Path:
         image = (rng.random((72 + 8 * i, 96, 3)) * 255).astype(np.uint8)
         Image.fromarray(image).save(path)
     return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    """A tiny restorer bundle with seeded random weights: the engine's whole path, in milliseconds."""
+    import torch
+
+    from oldphoto.model.config import ModelConfig
+    from oldphoto.model.restorer import RestorerNetwork
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), path)
+    return str(path)

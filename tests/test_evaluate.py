@@ -30,14 +30,6 @@ from test_metrics import lpips_weights
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), path)
-    return str(path)
-
-
 def row(sample_id: int, ops: list[str], base: float, tp: int, fp: int, fn: int) -> dict:
     scores = {f"{m}.{k}": base + i for i, m in enumerate(METHODS) for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
     return {"sample_id": sample_id, "ops": ops, "pixels": 1_000_000, "model_seconds": 0.5, "mask_tp": tp,

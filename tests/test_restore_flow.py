@@ -14,28 +14,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from oldphoto import storage
 from oldphoto.flows.restore import restore_archive
 from oldphoto.flows.runner import dask_runner
 from oldphoto.images import decode_archive
-from oldphoto.model.config import ModelConfig
-from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.tasks.restore import RestoreConfig, is_safe_key, read_manifest
 
 from test_archive_images import SRGB, exif_with, huge_header_png
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), path)
-    return str(path)
 
 
 def picture(h: int, w: int, seed: int = 0) -> np.ndarray:
