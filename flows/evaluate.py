@@ -27,7 +27,7 @@ def evaluate(pairs: str | None = None, clean: str | None = None, config: Evaluat
     photographs with config's seed; real: old photographs for a before/after sheet."""
     config = config or EvaluateConfig()
     if (pairs is None) == (clean is None):
-        raise ValueError("give either synthetic pairs or clean photographs to synthesize them from, not both")
+        raise ValueError("give exactly one of synthetic pairs or clean photographs to synthesize them from, not both")
     settings = get_settings()
     version = check_model.submit(config.model, config.device, config.precision, config.tile).result()
     if config.compare:
@@ -48,8 +48,8 @@ def evaluate(pairs: str | None = None, clean: str | None = None, config: Evaluat
     files = write_results(out, rows, summary, [s for result in results for s in result["sheet"]])
     if real is not None:
         files["real_sheet.png"] = real_sheet.submit(real, out, config).result()
-    params = {"model": config.model, "model_version": version, "compare": str(config.compare), "pairs": pairs, "clean": str(clean),
-              "seed": config.seed, "count": len(rows), "scratch": config.scratch, "real": str(real)}
+    params = {"model": config.model, "model_version": version, "compare": str(config.compare), "pairs": pairs,
+              "clean": str(clean), "seed": config.seed, "count": len(rows), "scratch": config.scratch, "real": str(real)}
     run_id = log_evaluation(summary, files, params, version, settings.tracking_uri)
 
     table = markdown_table(summary)

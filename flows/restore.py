@@ -22,7 +22,8 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     logger = get_run_logger()
     started = time.perf_counter()
 
-    version = check_model.submit(config.model, config.device, config.precision, config.tile).result()  # on a worker, which keeps it loaded
+    # On a worker, which keeps the model loaded for the batches.
+    version = check_model.submit(config.model, config.device, config.precision, config.tile).result()
     root, keys = list_inputs(src, dst)
     previous = read_manifest(dst)
     done = {k: r["sha256"] for k, r in previous.items() if r["status"] in ("restored", "skipped")

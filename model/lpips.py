@@ -36,12 +36,10 @@ class LPIPS(nn.Module):
         n = len(a)
         x = (torch.cat([a, b]) - self.shift) / self.scale
         total = torch.zeros(n, device=a.device)
-        for i, layer in enumerate(self.features):
+        linear = iter(self.linear)
+        for i, layer in enumerate(self.features[: max(TAPS) + 1]):
             x = layer(x)
             if i in TAPS:
                 unit = x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                difference = (unit[:n] - unit[n:]).pow(2)
-                total += self.linear[list(TAPS).index(i)](difference).mean((1, 2, 3))
-                if i == max(TAPS):
-                    break
+                total += next(linear)((unit[:n] - unit[n:]).pow(2)).mean((1, 2, 3))
         return total

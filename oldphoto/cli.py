@@ -44,22 +44,28 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def restore(args: argparse.Namespace) -> int:
+def _model_workers(args: argparse.Namespace):
+    """(local workers, settings) of a command that runs a model on Dask workers. One local worker by
+    default, with all cores for torch's threads: the model is loaded once, and reading and writing
+    overlap inside the worker. More workers split the cores between them."""
     import os
 
+    local = not (args.dask_address or get_settings().dask_address)
+    workers = (args.workers or 1) if local else args.workers
+    settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
+                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
+                         torch_threads=max(1, (os.cpu_count() or 1) // workers) if local else None)
+    return workers, settings
+
+
+def restore(args: argparse.Namespace) -> int:
     from .flows.restore import restore_archive
     from .flows.runner import dask_runner
     from .prefect_api import prefect_api
     from .storage import absolute
     from .tasks.restore import RestoreConfig
 
-    # One local worker by default, with all cores for torch's threads: the model is loaded once, and
-    # reading and writing overlap inside the worker. More workers split the cores between them.
-    local = not (args.dask_address or get_settings().dask_address)
-    workers = (args.workers or 1) if local else args.workers
-    settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
-                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
-                         torch_threads=max(1, (os.cpu_count() or 1) // workers) if local else None)
+    workers, settings = _model_workers(args)
     config = RestoreConfig(**{k: v for k, v in {
         "model": args.model, "scratch": args.scratch, "device": settings.device, "batch_size": args.batch_size,
         "force": args.force, "max_pixels": args.max_pixels}.items() if v is not None})
@@ -71,8 +77,6 @@ def restore(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    import os
-
     from .flows.evaluate import evaluate as evaluate_flow
     from .flows.runner import dask_runner
     from .prefect_api import prefect_api
@@ -81,11 +85,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .tasks.evaluate import EvaluateConfig
 
     clean = None if args.pairs else (args.clean or DEFAULT_HELDOUT)
-    local = not (args.dask_address or get_settings().dask_address)
-    workers = (args.workers or 1) if local else args.workers
-    settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
-                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
-                         torch_threads=max(1, (os.cpu_count() or 1) // workers) if local else None)
+    workers, settings = _model_workers(args)
     config = EvaluateConfig(**{k: v for k, v in {
         "model": args.model, "compare": args.compare, "scratch": args.scratch, "device": settings.device,
         "seed": args.seed, "count": args.count, "degradation": DegradationConfig.load(args.degradation) if args.degradation else None,

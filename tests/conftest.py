@@ -110,3 +110,19 @@ def model(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), path)
     return str(path)
+
+
+def random_vgg_state(layout: list, seed: int = 0) -> dict:
+    """Random VGG `features` weights under torchvision's key names, as the real ImageNet files have them."""
+    import torch
+
+    torch.manual_seed(seed)
+    state, index, in_channels = {}, 0, 3
+    for width in layout:
+        if width == "M":
+            index += 1
+            continue
+        state[f"features.{index}.weight"] = torch.randn(width, in_channels, 3, 3) * (2 / (9 * in_channels)) ** 0.5
+        state[f"features.{index}.bias"] = torch.zeros(width)
+        in_channels, index = width, index + 2
+    return state

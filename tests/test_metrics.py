@@ -8,6 +8,8 @@ import pytest
 from oldphoto.model.baselines import non_local_means, non_local_means_inpainted
 from oldphoto.model.metrics import luma, mask_scores, quality, to_float
 
+from conftest import random_vgg_state
+
 
 def test_psnr_and_ssim_known_values(photo):
     same = quality(photo, photo)
@@ -57,15 +59,7 @@ def lpips_weights(seed: int = 0) -> tuple[dict, dict]:
 
     from oldphoto.model.lpips import TAPS, VGG16_LAYOUT
 
-    torch.manual_seed(seed)
-    layers, c, index = {}, 3, 0
-    for width in VGG16_LAYOUT:
-        if width == "M":
-            index += 1
-            continue
-        layers[f"features.{index}.weight"] = torch.randn(width, c, 3, 3) * (2 / (9 * c)) ** 0.5
-        layers[f"features.{index}.bias"] = torch.zeros(width)
-        c, index = width, index + 2
+    layers = random_vgg_state(VGG16_LAYOUT, seed)
     linear = {f"lin{i}.model.1.weight": torch.rand(1, w, 1, 1) for i, w in enumerate(TAPS.values())}
     return layers, linear
 

@@ -20,6 +20,8 @@ from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.model.scratch import ScratchDetector
 from oldphoto.model.vae import VAE
 
+from conftest import random_vgg_state
+
 TINY = ModelConfig.load("tiny")
 
 
@@ -205,16 +207,7 @@ def test_mask_losses_reward_the_right_mask():
 
 
 def _vgg_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under torchvision's key names, as the real ImageNet file has them."""
-    torch.manual_seed(seed)
-    state, index, in_channels = {}, 0, 3
-    for width in VGG19_LAYOUT:
-        if width == "M":
-            index += 1
-            continue
-        state[f"features.{index}.weight"] = torch.randn(width, in_channels, 3, 3) * (2 / (9 * in_channels)) ** 0.5
-        state[f"features.{index}.bias"] = torch.zeros(width)
-        in_channels, index = width, index + 2
+    state = random_vgg_state(VGG19_LAYOUT, seed)
     state["classifier.0.weight"] = torch.zeros(4, 4)  # ignored
     return state
 
