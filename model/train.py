@@ -206,7 +206,8 @@ class VAEATrainer(VAETrainer):
 
 class MappingTrainer(StageTrainer):
     """mapping: VAE_A's encoder and VAE_B frozen; T(E_RX(x), mask) should match E_Y(y) in latent
-    space, and decode through G_Y to an image that matches G_Y(E_Y(y)) (GAN, features, VGG)."""
+    space, and decode through G_Y to an image that matches G_Y(E_Y(y)) (GAN, features, VGG) and the
+    clean photo itself (clean_l1)."""
 
     stage = "mapping"
 
@@ -228,7 +229,8 @@ class MappingTrainer(StageTrainer):
             out = self.frozen["vae_b"].decoder(z)
         d_loss = self._gan_step(target, out)
         with self.autocast():
-            terms = {"latent_l1": nn.functional.l1_loss(z.float(), z_y)} | self._generator_image_terms(out, target)
+            terms = {"latent_l1": nn.functional.l1_loss(z.float(), z_y), "clean_l1": nn.functional.l1_loss(out.float(), batch["clean"])}
+            terms |= self._generator_image_terms(out, target)
         total = self._weighted(terms)
         self._update("mapping", total)
         return {"total": total, "discriminator": torch.tensor(d_loss), **terms}
@@ -260,7 +262,7 @@ class ScratchTrainer(StageTrainer):
 
 class DirectTrainer(StageTrainer):
     """direct (the ablation): degraded photo and its true mask straight to the clean photo, with the
-    image terms of the VAE stages (L1, GAN, feature matching, VGG)."""
+    mapping's image terms (clean L1, GAN, feature matching, VGG)."""
 
     stage = "direct"
 
@@ -272,7 +274,7 @@ class DirectTrainer(StageTrainer):
             out = self.wrapped["network"](batch["degraded"], batch["mask"])
         d_loss = self._gan_step(batch["clean"], out)
         with self.autocast():
-            terms = {"l1": nn.functional.l1_loss(out.float(), batch["clean"])}
+            terms = {"clean_l1": nn.functional.l1_loss(out.float(), batch["clean"])}
             terms |= self._generator_image_terms(out, batch["clean"])
         total = self._weighted(terms)
         self._update("network", total)

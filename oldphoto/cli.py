@@ -172,6 +172,25 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
 
 
+def stack(args: argparse.Namespace) -> int:
+    from . import stack as local_stack
+
+    config = local_stack.StackConfig(home=args.home or get_settings().home / "stack")
+    if args.action == "up":
+        local_stack.up(config)
+        print("\nPrefect UI      " + config.prefect_api.removesuffix("/api") +
+              "\nMLflow UI       " + config.mlflow_uri + "\nDask dashboard  " + config.dask_dashboard + "/status" +
+              "\n\nPoint oldphoto and prefect at it:\n" + "\n".join(f"export {k}={v}" for k, v in config.env().items()))
+    elif args.action == "status":
+        states = local_stack.status(config)
+        for name, state in states.items():
+            print(f"{name:16} {state}")
+        return 0 if all(state == "healthy" for state in states.values()) else 1
+    else:
+        local_stack.down(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
@@ -243,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(p)
     p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
     p.set_defaults(run=train_stage)
+
+    p = commands.add_parser("stack", help="the local monitoring stack: Prefect server and worker, MLflow, Dask")
+    p.add_argument("action", choices=["up", "status", "down"])
+    p.add_argument("--home", help="its pid files, logs and databases (default: OLDPHOTO_HOME/stack)")
+    p.set_defaults(run=stack)
     return parser
 
 

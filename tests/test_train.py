@@ -192,7 +192,7 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     assert sorted(c.data.tags["oldphoto.stage"] for c in children) == ["mapping", "scratch", "vae_a", "vae_b"]
     expected = {"vae_a": {"kl", "l1", "gan", "feature_matching", "latent_gan", "discriminator"},
                 "vae_b": {"kl", "l1", "gan", "feature_matching", "discriminator"},
-                "mapping": {"latent_l1", "gan", "feature_matching", "discriminator"}, "scratch": set()}
+                "mapping": {"latent_l1", "clean_l1", "gan", "feature_matching", "discriminator"}, "scratch": set()}
     for child in children:
         stage = child.data.tags["oldphoto.stage"]
         assert {"total", "lr", "samples_per_second"} | expected[stage] <= set(child.data.metrics), stage
