@@ -177,7 +177,11 @@ def stack(args: argparse.Namespace) -> int:
 
     config = local_stack.StackConfig(home=args.home or get_settings().home / "stack")
     if args.action == "up":
-        local_stack.up(config)
+        try:
+            local_stack.up(config)
+        except RuntimeError as error:
+            print(f"oldphoto stack up: error: {error}", file=sys.stderr)
+            return 1
         print("\nPrefect UI      " + config.prefect_api.removesuffix("/api") +
               "\nMLflow UI       " + config.mlflow_uri + "\nDask dashboard  " + config.dask_dashboard + "/status" +
               "\n\nPoint oldphoto and prefect at it:\n" + "\n".join(f"export {k}={v}" for k, v in config.env().items()))

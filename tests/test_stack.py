@@ -1,0 +1,124 @@
+"""Operations end to end: the local stack up, the deployments registered with `prefect deploy`, the
+restore-archive deployment run over moto S3 through the Prefect API on the stack's Dask workers, its
+outputs and manifest checked, and the stack down with none of its processes left."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from conftest import _free_port
+from oldphoto import stack
+from oldphoto.tasks.restore import read_manifest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout} s")
+
+
+@pytest.mark.slow
+def test_stack_deploy_and_restore_archive_over_s3(tmp_path, bucket, model):
+    config = stack.StackConfig(home=tmp_path / "stack", prefect_port=_free_port(), mlflow_port=_free_port(),
+                               dask_port=_free_port(), dask_dashboard_port=_free_port())
+    s3 = boto3.client("s3", endpoint_url=os.environ["OLDPHOTO_S3_ENDPOINT_URL"])
+    name = bucket.removeprefix("s3://")
+    scans = {f"box/{i}.png": _png(i) for i in range(3)} | {"box/torn.jpg": b"not a jpeg"}
+    for key, data in scans.items():
+        s3.put_object(Bucket=name, Key=f"scans/{key}", Body=data)
+
+    stack.up(config, log=lambda line: None)
+    try:
+        assert set(stack.status(config).values()) == {"healthy"}
+        env = os.environ | {"PREFECT_API_URL": config.prefect_api, "OLDPHOTO_REPOSITORY": str(REPOSITORY)}
+        deploy = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--all",
+                                 "--prefect-file", "deployments/prefect.yaml"],
+                                cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+
+        api = config.prefect_api
+        deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+        assert {d["name"] for d in deployments} >= {"restore-archive", "synthesize", "train", "evaluate"}
+        restore = next(d for d in deployments if d["name"] == "restore-archive")
+        assert restore["work_pool_name"] == config.work_pool
+
+        parameters = {"src": f"{bucket}/scans", "dst": f"{bucket}/restored", "config": {"model": model, "batch_size": 2}}
+        flow_run = httpx.post(f"{api}/deployments/{restore['id']}/create_flow_run",
+                              json={"parameters": parameters}, timeout=10).json()
+        finished = _wait_for_flow_run(api, flow_run["id"])
+        assert finished["state"]["type"] == "COMPLETED", finished["state"]
+
+        logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}},
+                          timeout=10).json()
+        assert any(f"existing Dask cluster at {config.dask_address}" in log["message"] for log in logs), \
+            "the tasks ran on the stack's Dask scheduler"
+    finally:
+        records = [json.loads(p.read_text()) for p in (config.home / "pids").glob("*.json")]
+        stack.down(config, log=lambda line: None)
+
+    manifest = read_manifest(f"{bucket}/restored")
+    assert sorted(manifest) == sorted(scans)
+    assert manifest["box/torn.jpg"]["status"] == "failed"
+    for key in scans.keys() - {"box/torn.jpg"}:
+        assert manifest[key]["status"] == "restored"
+        out = Image.open(io.BytesIO(s3.get_object(Bucket=name, Key=f"restored/{key}")["Body"].read()))
+        assert out.size == (64, 48)
+        assert s3.get_object(Bucket=name, Key=f"scans/{key}")["Body"].read() == scans[key], "originals untouched"
+
+    assert len(records) == 5 and set(stack.status(config).values()) == {"not running"}
+    for record in records:
+        assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_down_leaves_unrelated_processes_alone(tmp_path):
+    """A pid file whose process is another program now (pid reused) is dropped, the program untouched."""
+    config = stack.StackConfig(home=tmp_path / "stack")
+    (config.home / "pids").mkdir(parents=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time() - 100, "argv": []}
+        (config.home / "pids" / "dask-scheduler.json").write_text(json.dumps(record))
+        assert stack.status(config)["dask-scheduler"] == "not running"
+        stack.down(config, log=lambda line: None)
+        assert bystander.poll() is None, "not ours: left running"
+        assert not (config.home / "pids" / "dask-scheduler.json").exists()
+    finally:
+        bystander.kill()
+
+
+def test_up_refuses_a_port_in_use(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = stack.StackConfig(home=tmp_path / "stack", prefect_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match=f"prefect-server: port 127.0.0.1:{config.prefect_port} is in use"):
+            stack.up(config, log=lambda line: None)
+    assert not list((config.home / "pids").glob("*.json")), "nothing started, nothing recorded"
