@@ -11,7 +11,8 @@ from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from oldphoto.progress import ProgressLine
-from oldphoto.tasks.restore import (RestoreConfig, check_model, fold_manifest, list_inputs, new_run_id, read_manifest,
+from oldphoto.settings import get_settings
+from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, fold_manifest, list_inputs, new_run_id, read_manifest,
                                     restore_batch, write_report)
 
 
@@ -21,6 +22,7 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     config = config or RestoreConfig()
     logger = get_run_logger()
     started = time.perf_counter()
+    config = config.model_copy(update={"model": choose_model(config.model, get_settings().tracking_uri)})
 
     # On a worker, which keeps the model loaded for the batches.
     version = check_model.submit(config.model, config.device, config.precision, config.tile).result()

@@ -26,7 +26,10 @@ def default_checkpoints(config: ModelConfig, pairs: str, real: str | None) -> st
 
 @flow(name="train")
 def train(pairs: str, real: str | None = None, config: ModelConfig | None = None, stages: list[str] | None = None,
-          checkpoints: str | None = None, model_name: str = REGISTERED_NAME) -> dict[str, Any]:
+          checkpoints: str | None = None, model_name: str = REGISTERED_NAME,
+          steps: dict[str, int] | None = None) -> dict[str, Any]:
+    """steps: the step each stage trains to, where it differs from config.train.steps (fine-tuning
+    stages that stopped at different steps)."""
     config = config or ModelConfig()
     known = (*STAGES, DIRECT)
     unknown = set(stages or []) - set(known)
@@ -43,7 +46,12 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
     tracking_uri = get_settings().tracking_uri
 
     runs = open_runs(checkpoints, stages, config, tracking_uri)
-    results = [train_stage(stage, config, pairs, real, checkpoints, runs["stages"][stage], tracking_uri)
+    def until(stage: str) -> ModelConfig:
+        if not steps or stage not in steps:
+            return config
+        return config.model_copy(update={"train": config.train.model_copy(update={"steps": steps[stage]})})
+
+    results = [train_stage(stage, until(stage), pairs, real, checkpoints, runs["stages"][stage], tracking_uri)
                for stage in stages]
     registered = runs.get("registered")
     trained_now = any(r["steps"] > r["resumed_at"] for r in results)

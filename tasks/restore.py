@@ -56,7 +56,8 @@ MANIFEST_SCHEMA = pa.schema([
 class RestoreConfig(BaseModel):
     """How an archive is restored; the defaults run on a laptop with the shipped model."""
 
-    model: str = Field(DEFAULT_MODEL, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...")
+    model: str | None = Field(None, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...; "
+                                                "none: the registry's champion if there is one, else the shipped model")
     scratch: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -85,6 +86,27 @@ def restorer_for(model: str, device: str, precision: str, tile: int):
     for name, tensor in sorted(network.state_dict().items()):
         digest.update(name.encode() + tensor.cpu().numpy().tobytes())
     return Restorer(network, device, precision, tile), digest.hexdigest()[:16]
+
+
+@task
+def choose_model(model: str | None, tracking_uri: str) -> str:
+    """The model asked for; else the version under the registry's `champion` alias (scheduled
+    retraining moves it), pinned by number so that a move mid-run cannot mix versions; else the
+    shipped weights."""
+    if model:
+        return model
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        return DEFAULT_MODEL  # no registry here yet; do not create one by looking
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from oldphoto.models import REGISTERED_NAME
+
+    try:
+        champion = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(REGISTERED_NAME, "champion")
+    except MlflowException:
+        return DEFAULT_MODEL
+    return f"models:/{REGISTERED_NAME}/{champion.version}"
 
 
 @task

@@ -72,6 +72,45 @@ def prefect_api():
         yield url
 
 
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory) -> str:
+    """Two shards of 8 small synthetic pairs made from the bundled sample photos."""
+    from oldphoto.synth import DegradationConfig
+    from oldphoto.tasks.synth import SynthConfig, synthesize_shard
+
+    dst = tmp_path_factory.mktemp("pairs")
+    keys = sorted(p.name for p in SAMPLES.glob("*.jpg"))
+    config = SynthConfig(count=16, seed=3, crop=48, shard_size=8, degradation=DegradationConfig.load("default"))
+    for shard in range(2):
+        samples = [(i, keys[i % len(keys)]) for i in range(8 * shard, 8 * shard + 8)]
+        synthesize_shard.fn(str(SAMPLES), str(dst), shard, samples, config, "test")
+    return str(dst)
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory) -> str:
+    """Real-photo stand-ins: the bundled samples, grayscale-toned, plus one unreadable file."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("real")
+    for path in sorted(SAMPLES.glob("*.jpg"))[:3]:
+        Image.open(path).convert("L").convert("RGB").save(folder / f"{path.stem}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return str(folder)
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """MLflow tracking on a fresh SQLite file."""
+    from oldphoto.settings import get_settings
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("OLDPHOTO_MLFLOW_TRACKING_URI", uri)
+    get_settings.cache_clear()
+    yield uri
+    get_settings.cache_clear()
+
+
 @pytest.fixture
 def photo() -> np.ndarray:
     """A 96x128 RGB test picture with edges, gradients and texture."""

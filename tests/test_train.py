@@ -19,37 +19,9 @@ from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.train import TRAINERS, MappingTrainer, load_state
 from oldphoto.model.vae import VAE
 
-SAMPLES = Path(__file__).resolve().parents[1] / "oldphoto" / "samples"
 
 TINY = ModelConfig.load("tiny")
 CLI = [sys.executable, "-m", "oldphoto.cli"]
-
-
-@pytest.fixture(scope="session")
-def pairs(tmp_path_factory) -> str:
-    """Two shards of 8 small synthetic pairs made from the bundled sample photos."""
-    from oldphoto.synth import DegradationConfig
-    from oldphoto.tasks.synth import SynthConfig, synthesize_shard
-
-    dst = tmp_path_factory.mktemp("pairs")
-    keys = sorted(p.name for p in SAMPLES.glob("*.jpg"))
-    config = SynthConfig(count=16, seed=3, crop=48, shard_size=8, degradation=DegradationConfig.load("default"))
-    for shard in range(2):
-        samples = [(i, keys[i % len(keys)]) for i in range(8 * shard, 8 * shard + 8)]
-        synthesize_shard.fn(str(SAMPLES), str(dst), shard, samples, config, "test")
-    return str(dst)
-
-
-@pytest.fixture(scope="session")
-def real(tmp_path_factory) -> str:
-    """Real-photo stand-ins: the bundled samples, grayscale-toned, plus one unreadable file."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("real")
-    for path in sorted(SAMPLES.glob("*.jpg"))[:3]:
-        Image.open(path).convert("L").convert("RGB").save(folder / f"{path.stem}.png")
-    (folder / "broken.jpg").write_bytes(b"not an image")
-    return str(folder)
 
 
 def _streams(pairs: str):
@@ -159,18 +131,6 @@ def test_distributed_data_parallel_starts_with_two_cpu_processes(pairs, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["steps"] == 2
     assert load_state((tmp_path / "vae_b.pt").read_bytes())["trainer"]["step"] == 2
-
-
-@pytest.fixture
-def tracking(tmp_path, monkeypatch) -> str:
-    """MLflow tracking on a fresh SQLite file."""
-    from oldphoto.settings import get_settings
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("OLDPHOTO_MLFLOW_TRACKING_URI", uri)
-    get_settings.cache_clear()
-    yield uri
-    get_settings.cache_clear()
 
 
 def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, pairs, real, tracking, tmp_path, photo):
