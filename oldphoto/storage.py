@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import tempfile
@@ -15,6 +16,12 @@ from .settings import get_settings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 
+try:  # botocore's connection errors are not OSErrors; the callers' retry rules are written for OSError
+    from botocore.exceptions import ConnectionError as _BotoConnectionError, HTTPClientError as _BotoHTTPClientError
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (_BotoConnectionError, _BotoHTTPClientError)
+except ImportError:
+    _TRANSPORT_ERRORS = ()
+
 # Object stores publish an object only when its upload completes, so a direct put is already atomic.
 _ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "memory"}
 
@@ -22,6 +29,16 @@ _ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "memory"}
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for a URL or local path, and the path inside it."""
     return url_to_fs(str(url), **get_settings().fsspec_options(str(url)))
+
+
+@contextlib.contextmanager
+def _unreachable_as_oserror(url: str):
+    """An endpoint that does not answer is storage trouble (ConnectionError, an OSError), to be
+    retried, whatever client library raised it; never mistaken for a bad input."""
+    try:
+        yield
+    except _TRANSPORT_ERRORS as error:
+        raise ConnectionError(f"{url}: storage not reachable ({type(error).__name__}: {error})") from error
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
@@ -46,6 +63,11 @@ def list_images(url: str) -> list[str]:
 
     A url that names a single image gives that image's file name.
     """
+    with _unreachable_as_oserror(url):
+        return _list_images(url)
+
+
+def _list_images(url: str) -> list[str]:
     fs, root = filesystem(url)
     if not fs.exists(root):
         raise FileNotFoundError(f"{url}: no such file, folder or prefix")
@@ -66,16 +88,23 @@ def _is_image(key: str) -> bool:
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    return fs.cat_file(path)
+    with _unreachable_as_oserror(url):
+        return fs.cat_file(path)
 
 
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
-    return fs.exists(path)
+    with _unreachable_as_oserror(url):
+        return fs.exists(path)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write data so that url holds either its old content or all of data, never a part of it."""
+    with _unreachable_as_oserror(url):
+        _write_bytes_atomic(url, data)
+
+
+def _write_bytes_atomic(url: str, data: bytes) -> None:
     fs, path = filesystem(url)
     if "file" in _protocols(fs):
         _write_local_atomic(Path(path), data)

@@ -1,0 +1,178 @@
+"""Faults: the S3 endpoint gone midway and back, a Dask worker process killed midway (on a separate
+scheduler and workers: the scale-out path), and credentials kept out of every record."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import _free_port
+from oldphoto import storage
+from oldphoto.tasks.restore import RestoreConfig, read_manifest
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def _png(seed: int, size: int = 96) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _settings_changed():
+    from oldphoto.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def own_s3(monkeypatch):
+    """A moto S3 server of this test's own, which it may stop and start again on the same port
+    (moto's buckets live in the process, so they survive the restart)."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=port)]
+    servers[0].start()
+    monkeypatch.setenv("OLDPHOTO_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    _settings_changed()
+
+    def outage(seconds: float) -> float:
+        """Stop the endpoint for seconds; returns when it answered again (monotonic clock)."""
+        servers[-1].stop()
+        time.sleep(seconds)
+        servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port))
+        servers[-1].start()
+        return time.monotonic()
+
+    yield f"http://127.0.0.1:{port}", outage
+    servers[-1].stop()
+    _settings_changed()
+
+
+def test_s3_outage_midway_is_retried_and_loses_nothing(own_s3, model):
+    from oldphoto.flows.restore import restore_archive
+
+    endpoint, outage = own_s3
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket="archive")
+    scans = {f"scans/{i:02d}.png": _png(i) for i in range(30)}
+    for key, data in scans.items():
+        s3.put_object(Bucket="archive", Key=key, Body=data)
+
+    cut = {}
+
+    def cut_when_the_first_output_lands():
+        while not (landed := s3.list_objects_v2(Bucket="archive", Prefix="restored/").get("KeyCount")):
+            time.sleep(0.02)
+        cut["outputs_before"] = landed
+        cut["back_at"] = outage(6.0)
+    cutter = threading.Thread(target=cut_when_the_first_output_lands)
+    cutter.start()
+    summary = restore_archive("s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model, batch_size=1))
+    finished_at = time.monotonic()
+    cutter.join()
+    # The endpoint went away with most of the work still to do, and the run outlived the outage:
+    # the S3 client's retries with backoff, then the tasks' own, carried it through.
+    assert cut["outputs_before"] < 30 and finished_at > cut["back_at"]
+    failures = {k: r["reason"] for k, r in read_manifest("s3://archive/restored").items() if r["status"] == "failed"}
+    assert (summary["restored"], summary["failed"]) == (30, 0), failures
+
+    manifest = read_manifest("s3://archive/restored")
+    assert sorted(manifest) == sorted(k.removeprefix("scans/") for k in scans)
+    assert all(row["status"] == "restored" for row in manifest.values())
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="archive", Prefix="restored/", MaxKeys=1000)["Contents"]]
+    outputs = [k for k in listed if k.endswith(".png") and "/_" not in k]
+    assert sorted(outputs) == sorted(f"restored/{k.removeprefix('scans/')}" for k in scans), "each output once"
+    for key, data in scans.items():
+        assert s3.get_object(Bucket="archive", Key=key)["Body"].read() == data, "originals untouched"
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_restore_on_a_separate_dask_cluster_survives_a_killed_worker(tmp_path, model):
+    src, dst = tmp_path / "scans", tmp_path / "restored"
+    src.mkdir()
+    for i in range(24):
+        (src / f"{i:02d}.png").write_bytes(_png(i, 160))
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                       tmp_path / "scheduler.log")
+    workers = _start([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                     tmp_path / "workers.log")
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        restore = subprocess.Popen([sys.executable, "-m", "oldphoto.cli", "restore", str(src), str(dst), "--model", model,
+                                    "--batch-size", "2", "--dask-address", address],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while not list(dst.glob("*.png")):
+            assert restore.poll() is None, restore.stdout.read()
+            time.sleep(0.05)
+        victim = psutil.Process(workers.pid).children(recursive=True)[0]  # a worker process under its nanny
+        victim.kill()
+        output, _ = restore.communicate(timeout=300)
+        assert restore.returncode == 0, output[-3000:]
+        assert '"restored": 24' in output and '"failed": 0' in output
+    finally:
+        for process in (workers, scheduler):
+            os.killpg(process.pid, 9)
+            process.wait()
+
+    assert not victim.is_running()
+    table = pq.read_table(dst / "_manifest" / "manifest.parquet").to_pylist()
+    assert sorted(r["key"] for r in table) == sorted(p.name for p in src.glob("*.png")), "each image once"
+    assert sorted(p.name for p in dst.glob("*.png")) == sorted(p.name for p in src.glob("*.png"))
+    assert not list(dst.rglob("*.tmp*")), "no half-written files"
+
+
+def test_credentials_never_reach_logs_artifacts_or_reports(bucket, model, monkeypatch, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    from oldphoto.flows.restore import restore_archive
+
+    secret = "oldphoto-test-secret-4f1c9a"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    s3 = boto3.client("s3", endpoint_url=os.environ["OLDPHOTO_S3_ENDPOINT_URL"])
+    name = bucket.removeprefix("s3://")
+    for i in range(3):
+        s3.put_object(Bucket=name, Key=f"scans/{i}.png", Body=_png(i))
+    s3.put_object(Bucket=name, Key="scans/bad.jpg", Body=b"broken")
+    state = restore_archive(f"{bucket}/scans", f"{bucket}/restored", RestoreConfig(model=model), return_state=True)
+    summary = state.result()
+    assert summary["restored"] == 3 and summary["failed"] == 1
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert logs and artifacts
+    records = [str(run.parameters), *(log.message for log in logs), *(str(a.data) for a in artifacts),
+               *(str(t.task_inputs) for t in tasks)]
+    records += [storage.read_bytes(f"{bucket}/restored/{key}").decode("latin-1") for key in
+                ("_report/index.html", "_manifest/manifest.parquet")]
+    assert not [r for r in records if secret in r]
