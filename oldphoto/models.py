@@ -15,6 +15,7 @@ from .model.restorer import RestorerNetwork
 
 BUNDLE_FILE = "restorer.pt"
 REGISTERED_NAME = "oldphoto-restorer"
+CHAMPION = "champion"  # the registry alias restores follow; scheduled retraining moves it
 
 
 def _is_mlflow_uri(ref: str) -> bool:

@@ -100,10 +100,10 @@ def choose_model(model: str | None, tracking_uri: str) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from oldphoto.models import REGISTERED_NAME
+    from oldphoto.models import CHAMPION, REGISTERED_NAME
 
     try:
-        champion = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(REGISTERED_NAME, "champion")
+        champion = MlflowClient(tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(REGISTERED_NAME, CHAMPION)
     except MlflowException:
         return DEFAULT_MODEL
     return f"models:/{REGISTERED_NAME}/{champion.version}"

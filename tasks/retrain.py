@@ -20,11 +20,9 @@ from pydantic import BaseModel, Field
 from oldphoto import storage
 from oldphoto.model.config import STAGES, ModelConfig
 from oldphoto.model.train import load_state
-from oldphoto.models import REGISTERED_NAME
+from oldphoto.models import CHAMPION, REGISTERED_NAME
 from oldphoto.tasks.evaluate import EvaluateConfig
 from oldphoto.tasks.train import checkpoint_url
-
-CHAMPION = "champion"
 
 
 class RetrainConfig(BaseModel):

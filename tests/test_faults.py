@@ -176,3 +176,36 @@ def test_credentials_never_reach_logs_artifacts_or_reports(bucket, model, monkey
     records += [storage.read_bytes(f"{bucket}/restored/{key}").decode("latin-1") for key in
                 ("_report/index.html", "_manifest/manifest.parquet")]
     assert not [r for r in records if secret in r]
+
+
+class _Payload:
+    """Unpickling this would run code: creating the file named."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["code", "not a restorer", "truncated"])
+def test_a_wrong_or_malicious_model_fails_before_any_image_is_touched(kind, tmp_path, model):
+    import torch
+
+    from oldphoto.flows.restore import restore_archive
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(1))
+    marker, bad = tmp_path / "code-ran", tmp_path / "model.pt"
+    if kind == "code":
+        torch.save({"config": _Payload(marker)}, bad)
+    elif kind == "not a restorer":
+        torch.save({"weights": torch.zeros(3)}, bad)
+    else:
+        bad.write_bytes(Path(model).read_bytes()[:5000])
+    expected = "not a usable restorer bundle" if kind == "not a restorer" else "not a readable weights file"
+    with pytest.raises(ValueError, match=f"model.pt: {expected}"):
+        restore_archive(str(src), str(tmp_path / "out"), RestoreConfig(model=str(bad)))
+    assert not marker.exists(), "weights_only: nothing in a model file runs"
+    assert not (tmp_path / "out").exists()
