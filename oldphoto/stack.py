@@ -1,8 +1,8 @@
 """The local monitoring stack: a Prefect server (SQLite) with a worker for the process pool, an MLflow
 tracking server (SQLite and a local artifact folder), and a Dask scheduler with its workers and
-dashboard, all on one host as child processes of nobody: `up` starts them in their own sessions and
-writes a pid file per service; `down` stops exactly the processes those files name (checked by their
-start time, so that a reused pid is never touched) and nothing else."""
+dashboard, on one host. `up` starts each in a session of its own (so that it outlives the shell) and
+writes a pid file per service; `down` stops exactly the processes those files name, checked by their
+start time so that a reused pid is never touched, and nothing else."""
 
 from __future__ import annotations
 
@@ -150,9 +150,8 @@ def up(c: StackConfig, log=print) -> None:
     this call started and raise with the service's log tail."""
     for sub in ("pids", "logs"):
         (c.home / sub).mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"PREFECT_HOME": str((c.home / "prefect").resolve()), "PREFECT_API_URL": c.prefect_api,
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_TRACKING_URI": c.mlflow_uri,
-                        "OLDPHOTO_MLFLOW_TRACKING_URI": c.mlflow_uri, "OLDPHOTO_DASK_ADDRESS": c.dask_address}
+    env = os.environ | c.env() | {"PREFECT_HOME": str((c.home / "prefect").resolve()),
+                                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_TRACKING_URI": c.mlflow_uri}
     started: list[str] = []
     try:
         for service in services(c):
