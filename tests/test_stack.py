@@ -45,6 +45,24 @@ def _wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict
     raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout} s")
 
 
+def _register_champion(tracking_uri: str, bundle: str, tmp_path: Path) -> str:
+    """The bundle as version 1 of oldphoto-restorer on an MLflow server, under the champion alias."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from oldphoto.models import BUNDLE_FILE, CHAMPION, REGISTERED_NAME
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    run = client.create_run(client.create_experiment("stack-test"))
+    shutil.copy(bundle, tmp_path / BUNDLE_FILE)
+    client.log_artifact(run.info.run_id, str(tmp_path / BUNDLE_FILE), "restorer")
+    client.create_registered_model(REGISTERED_NAME)
+    version = client.create_model_version(REGISTERED_NAME, f"{run.info.artifact_uri}/restorer", run.info.run_id)
+    client.set_registered_model_alias(REGISTERED_NAME, CHAMPION, version.version)
+    return f"models:/{REGISTERED_NAME}/{version.version}"
+
+
 @pytest.mark.slow
 def test_stack_deploy_and_restore_archive_over_s3(tmp_path, bucket, model):
     config = stack.StackConfig(home=tmp_path / "stack", prefect_port=_free_port(), mlflow_port=_free_port(),
@@ -72,7 +90,9 @@ def test_stack_deploy_and_restore_archive_over_s3(tmp_path, bucket, model):
         restore = next(d for d in deployments if d["name"] == "restore-archive")
         assert restore["work_pool_name"] == config.work_pool
 
-        parameters = {"src": f"{bucket}/scans", "dst": f"{bucket}/restored", "config": {"model": model, "batch_size": 2}}
+        # The champion in the stack's MLflow server: restores that name no model use it.
+        champion = _register_champion(config.mlflow_uri, model, tmp_path)
+        parameters = {"src": f"{bucket}/scans", "dst": f"{bucket}/restored", "config": {"batch_size": 2}}
         response = httpx.post(f"{api}/deployments/{restore['id']}/create_flow_run", json={"parameters": parameters}, timeout=10)
         assert response.status_code == 201, response.text
         flow_run = response.json()
@@ -90,7 +110,7 @@ def test_stack_deploy_and_restore_archive_over_s3(tmp_path, bucket, model):
     assert sorted(manifest) == sorted(scans)
     assert manifest["box/torn.jpg"]["status"] == "failed"
     for key in scans.keys() - {"box/torn.jpg"}:
-        assert manifest[key]["status"] == "restored"
+        assert manifest[key]["status"] == "restored" and manifest[key]["model_name"] == champion
         out = Image.open(io.BytesIO(s3.get_object(Bucket=name, Key=f"restored/{key}")["Body"].read()))
         assert out.size == (64, 48)
         assert s3.get_object(Bucket=name, Key=f"scans/{key}")["Body"].read() == scans[key], "originals untouched"
