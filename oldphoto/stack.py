@@ -151,7 +151,9 @@ def up(c: StackConfig, log=print) -> None:
     for sub in ("pids", "logs"):
         (c.home / sub).mkdir(parents=True, exist_ok=True)
     env = os.environ | c.env() | {"PREFECT_HOME": str((c.home / "prefect").resolve()),
-                                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_TRACKING_URI": c.mlflow_uri}
+                                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_TRACKING_URI": c.mlflow_uri,
+                                  # MLflow's job runners (seven processes, for GenAI scorers) do nothing for us.
+                                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     started: list[str] = []
     try:
         for service in services(c):
