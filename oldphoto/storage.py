@@ -77,7 +77,8 @@ def _list_images(url: str) -> list[str]:
     keys = []
     for path in fs.find(root):
         key = posixpath.relpath(path, root)
-        if _is_image(key) and not any(part.startswith(".") for part in key.split("/")):
+        # Hidden files are not photos; a key that climbs out ("..") is kept, to be refused with its reason.
+        if _is_image(key) and not any(part.startswith(".") and part != ".." for part in key.split("/")):
             keys.append(key)
     return sorted(keys)
 

@@ -146,7 +146,7 @@ def test_restore_on_a_separate_dask_cluster_survives_a_killed_worker(tmp_path, m
     assert not list(dst.rglob("*.tmp*")), "no half-written files"
 
 
-def test_credentials_never_reach_logs_artifacts_or_reports(bucket, model, monkeypatch, tmp_path):
+def test_credentials_never_reach_records_and_keys_never_leave_dst(bucket, model, monkeypatch, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 
@@ -159,9 +159,12 @@ def test_credentials_never_reach_logs_artifacts_or_reports(bucket, model, monkey
     for i in range(3):
         s3.put_object(Bucket=name, Key=f"scans/{i}.png", Body=_png(i))
     s3.put_object(Bucket=name, Key="scans/bad.jpg", Body=b"broken")
+    s3.put_object(Bucket=name, Key="scans/box/../../escape.png", Body=_png(9))  # a key that climbs out of DST
     state = restore_archive(f"{bucket}/scans", f"{bucket}/restored", RestoreConfig(model=model), return_state=True)
     summary = state.result()
-    assert summary["restored"] == 3 and summary["failed"] == 1
+    assert summary["restored"] == 3 and summary["failed"] == 2
+    assert "outside the destination" in read_manifest(f"{bucket}/restored")["../escape.png"]["reason"]
+    assert "escape.png" not in [o["Key"] for o in s3.list_objects_v2(Bucket=name)["Contents"] if "/" not in o["Key"]]
 
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
