@@ -12,16 +12,16 @@ from prefect.logging import get_run_logger
 
 from oldphoto.progress import ProgressLine
 from oldphoto.settings import get_settings
-from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, fold_manifest, list_inputs, new_run_id, read_manifest,
-                                    restore_batch, write_report)
+from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, fold_manifest, list_inputs, new_run_id,
+                                    read_manifest, restore_batch, write_report)
 
 
 @flow(name="restore-archive")
 def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> dict[str, Any]:
     """Restore the images under src (folder, prefix, single file or URL) into dst."""
-    config = config or RestoreConfig()
     logger = get_run_logger()
     started = time.perf_counter()
+    config = config or RestoreConfig()
     config = config.model_copy(update={"model": choose_model(config.model, get_settings().tracking_uri)})
 
     # On a worker, which keeps the model loaded for the batches.

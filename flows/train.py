@@ -45,12 +45,12 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
         raise FileNotFoundError(f"stages {', '.join(missing)} are neither asked for nor trained in {checkpoints}")
     tracking_uri = get_settings().tracking_uri
 
-    runs = open_runs(checkpoints, stages, config, tracking_uri)
     def until(stage: str) -> ModelConfig:
         if not steps or stage not in steps:
             return config
         return config.model_copy(update={"train": config.train.model_copy(update={"steps": steps[stage]})})
 
+    runs = open_runs(checkpoints, stages, config, tracking_uri)
     results = [train_stage(stage, until(stage), pairs, real, checkpoints, runs["stages"][stage], tracking_uri)
                for stage in stages]
     registered = runs.get("registered")

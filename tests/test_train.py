@@ -19,7 +19,6 @@ from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.train import TRAINERS, MappingTrainer, load_state
 from oldphoto.model.vae import VAE
 
-
 TINY = ModelConfig.load("tiny")
 CLI = [sys.executable, "-m", "oldphoto.cli"]
 
