@@ -105,13 +105,13 @@ def start_from_champion(champion: str, dst: str, stages: list[str], steps: int) 
     progress made), and the step each fine-tuned stage trains to: the champion's plus steps."""
     targets, config = {}, None
     for stage in STAGES:
-        source = checkpoint_url(champion, stage)
-        state = load_state(storage.read_bytes(source))
+        data = storage.read_bytes(checkpoint_url(champion, stage))
+        state = load_state(data)
         config = ModelConfig.model_validate_json(state["config"])
         if stage in stages:
             targets[stage] = state["trainer"]["step"] + steps
         if not storage.exists(checkpoint_url(dst, stage)):
-            storage.write_bytes_atomic(checkpoint_url(dst, stage), storage.read_bytes(source))
+            storage.write_bytes_atomic(checkpoint_url(dst, stage), data)
     return config, targets
 
 
