@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,7 +88,7 @@ def services(c: StackConfig) -> list[Service]:
     ]
 
 
-# --- health: one check per service, each True or a reason ---
+# --- health: one check per service, None when healthy, else the reason ---
 
 def _get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=5)
@@ -139,8 +140,6 @@ def _recorded(c: StackConfig, name: str) -> psutil.Process | None:
 
 
 def _port_in_use(host: str, port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         return s.connect_ex((host, port)) == 0
 

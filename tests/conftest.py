@@ -29,6 +29,17 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLES = Path(__file__).resolve().parents[1] / "oldphoto" / "samples"
 
 
+def noise_png(seed: int, height: int = 96, width: int = 96) -> bytes:
+    """A small RGB noise picture, PNG-encoded: an input whose content does not matter."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@ scheduler and workers: the scale-out path), and credentials kept out of every re
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -12,25 +11,16 @@ import time
 from pathlib import Path
 
 import boto3
-import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from conftest import _free_port
+from conftest import _free_port, noise_png
 from oldphoto import storage
 from oldphoto.tasks.restore import RestoreConfig, read_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 DASK = str(Path(sys.executable).with_name("dask"))
-
-
-def _png(seed: int, size: int = 96) -> bytes:
-    rng = np.random.default_rng(seed)
-    out = io.BytesIO()
-    Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(out, format="PNG")
-    return out.getvalue()
 
 
 def _settings_changed():
@@ -70,7 +60,7 @@ def test_s3_outage_midway_is_retried_and_loses_nothing(own_s3, model):
     endpoint, outage = own_s3
     s3 = boto3.client("s3", endpoint_url=endpoint)
     s3.create_bucket(Bucket="archive")
-    scans = {f"scans/{i:02d}.png": _png(i) for i in range(30)}
+    scans = {f"scans/{i:02d}.png": noise_png(i) for i in range(30)}
     for key, data in scans.items():
         s3.put_object(Bucket="archive", Key=key, Body=data)
 
@@ -112,7 +102,7 @@ def test_restore_on_a_separate_dask_cluster_survives_a_killed_worker(tmp_path, m
     src, dst = tmp_path / "scans", tmp_path / "restored"
     src.mkdir()
     for i in range(24):
-        (src / f"{i:02d}.png").write_bytes(_png(i, 160))
+        (src / f"{i:02d}.png").write_bytes(noise_png(i, 160, 160))
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = _start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
@@ -157,9 +147,9 @@ def test_credentials_never_reach_records_and_keys_never_leave_dst(bucket, model,
     s3 = boto3.client("s3", endpoint_url=os.environ["OLDPHOTO_S3_ENDPOINT_URL"])
     name = bucket.removeprefix("s3://")
     for i in range(3):
-        s3.put_object(Bucket=name, Key=f"scans/{i}.png", Body=_png(i))
+        s3.put_object(Bucket=name, Key=f"scans/{i}.png", Body=noise_png(i))
     s3.put_object(Bucket=name, Key="scans/bad.jpg", Body=b"broken")
-    s3.put_object(Bucket=name, Key="scans/box/../../escape.png", Body=_png(9))  # a key that climbs out of DST
+    s3.put_object(Bucket=name, Key="scans/box/../../escape.png", Body=noise_png(9))  # a key that climbs out of DST
     state = restore_archive(f"{bucket}/scans", f"{bucket}/restored", RestoreConfig(model=model), return_state=True)
     summary = state.result()
     assert summary["restored"] == 3 and summary["failed"] == 2
@@ -198,7 +188,7 @@ def test_a_wrong_or_malicious_model_fails_before_any_image_is_touched(kind, tmp_
 
     src = tmp_path / "scans"
     src.mkdir()
-    (src / "a.png").write_bytes(_png(1))
+    (src / "a.png").write_bytes(noise_png(1))
     marker, bad = tmp_path / "code-ran", tmp_path / "model.pt"
     if kind == "code":
         torch.save({"config": _Payload(marker)}, bad)

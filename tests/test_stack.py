@@ -14,23 +14,15 @@ from pathlib import Path
 
 import boto3
 import httpx
-import numpy as np
 import psutil
 import pytest
 from PIL import Image
 
-from conftest import _free_port
+from conftest import _free_port, noise_png
 from oldphoto import stack
 from oldphoto.tasks.restore import read_manifest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-def _png(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    out = io.BytesIO()
-    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(out, format="PNG")
-    return out.getvalue()
 
 
 def _wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
@@ -69,7 +61,7 @@ def test_stack_deploy_and_restore_archive_over_s3(tmp_path, bucket, model):
                                dask_port=_free_port(), dask_dashboard_port=_free_port())
     s3 = boto3.client("s3", endpoint_url=os.environ["OLDPHOTO_S3_ENDPOINT_URL"])
     name = bucket.removeprefix("s3://")
-    scans = {f"box/{i}.png": _png(i) for i in range(3)} | {"box/torn.jpg": b"not a jpeg"}
+    scans = {f"box/{i}.png": noise_png(i, 48, 64) for i in range(3)} | {"box/torn.jpg": b"not a jpeg"}
     for key, data in scans.items():
         s3.put_object(Bucket=name, Key=f"scans/{key}", Body=data)
 
