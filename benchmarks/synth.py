@@ -85,8 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--shard-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3, help="1- and 2-worker measurements, in turn")
+    parser.add_argument("--shard-size", type=int, default=64, help="as SynthConfig's default")
+    parser.add_argument("--rounds", type=int, default=5, help="1- and 2-worker measurements, in turn")
     args = parser.parse_args()
 
     cv2.setNumThreads(1)  # per core: one thread for OpenCV as for PIL and numpy
