@@ -8,10 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-STAGES = ("vae_a", "vae_b", "mapping", "scratch")  # the triplet domain translation and its detector
+# The triplet domain translation, its detector, and the global tone correction of its output.
+STAGES = ("vae_a", "vae_b", "mapping", "scratch", "tone")
 # The paper's ablation: encoder, mapping and decoder trained end to end on the pairs, no latent spaces.
 DIRECT = "direct"
-Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "direct"]
+Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "tone", "direct"]
 
 
 class _Strict(BaseModel):

@@ -4,7 +4,8 @@ Two passes over the same tiles: scratch detection (probabilities blended, then t
 mask for the whole image), then global restoration of each tile with its part of the mask (the
 partial non-local block attends within the tile's latent grid). Where tiles overlap, outputs are
 blended with weights that ramp down towards each tile's edges, so no seam shows. Only the tile being
-computed is held as float tensors; the image itself stays in its own dtype.
+computed is held as float tensors; the image itself stays in its own dtype. Last, when the model
+has one, a global tone correction predicted from thumbnails of the input and the output.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import math
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from .blocks import luminance
 from .device import autocast, pick_device, pick_precision
 from .restorer import RestorerNetwork, ScratchMode
+from .tone import THUMBNAIL
 
 Span = tuple[int, int]  # start, length
 
@@ -109,6 +112,8 @@ class Restorer:
             return self.network(t, tile_mask.to(self.device) if use_global else None)
 
         out = self._blended(tensor, tiles, 3, restore_tile)[..., :h, :w]
+        if self.network.tone is not None:
+            out = self.network.tone(self._thumbnail(rgb[:h, :w], scale), out.to(self.device)).cpu()
         if colour.ndim == 2:  # gray in, gray out: the luminance the network restored
             out = luminance(out)
         restored = out[0].permute(1, 2, 0).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
@@ -120,6 +125,12 @@ class Restorer:
                 "damaged_fraction": float(mask_out.mean()), "precision": str(self.dtype).removeprefix("torch."),
                 "device": str(self.device), "seconds": time.perf_counter() - started}
         return restored, mask_out, info
+
+    def _thumbnail(self, rgb: np.ndarray, scale: float) -> torch.Tensor:
+        """The tone correction's view of the whole input, made from the image in its own dtype."""
+        small = cv2.resize(rgb, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32)
+        small = small.reshape(THUMBNAIL, THUMBNAIL, -1) * (2 / scale) - 1
+        return torch.from_numpy(small).permute(2, 0, 1)[None].expand(1, 3, -1, -1).to(self.device)
 
     def _blended(self, tensor, tiles: list[tuple[int, int, int, int]], channels: int, run) -> torch.Tensor:
         """run(tile, region) on every tile; the results blended into one image of `channels` channels."""

@@ -1,5 +1,6 @@
 """The restore path as one module: scratch detector, E_RX (VAE_A's encoder), mapping, G_Y (VAE_B's
-decoder); saved and loaded as a bundle of plain tensors and the config (safe with weights_only)."""
+decoder), and the global tone correction when trained; saved and loaded as a bundle of plain
+tensors and the config (safe with weights_only)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .blocks import luminance
 from .config import ModelConfig
 from .mapping import Mapping, latent_mask
 from .scratch import ScratchDetector
+from .tone import ToneCorrection
 from .vae import Decoder, Encoder
 
 BUNDLE_FORMAT = "oldphoto-restorer/1"
@@ -28,7 +30,12 @@ class RestorerNetwork(nn.Module):
         self.encoder = Encoder(config.vae)
         self.mapping = Mapping(config.mapping, config.vae.latent_channels)
         self.decoder = Decoder(config.vae)
+        self.tone: ToneCorrection | None = None  # applied by the engine to the whole output (model/tone.py)
         self.multiple = 2**config.vae.downsamples
+
+    def with_tone(self) -> "RestorerNetwork":
+        self.tone = ToneCorrection()
+        return self
 
     def fast(self) -> "RestorerNetwork":
         """channels_last weights: several times faster convolutions on CPUs (oneDNN) and GPUs."""
@@ -66,6 +73,8 @@ class RestorerNetwork(nn.Module):
         if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"not an oldphoto restorer bundle (expected format {BUNDLE_FORMAT!r})")
         network = cls(ModelConfig.model_validate_json(bundle["config"]))
+        if any(k.startswith("tone.") for k in bundle["state_dict"]):
+            network.with_tone()
         network.load_state_dict(bundle["state_dict"])
         return network.eval().fast()
 

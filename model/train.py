@@ -1,4 +1,4 @@
-"""Trainers of the four stages, in plain torch. Each holds its networks and optimizers, takes one
+"""Trainers of the stages, in plain torch. Each holds its networks and optimizers, takes one
 step on a batch, and saves and restores its whole state (networks, optimizers, scaler, step, RNG)
 so that a killed run resumes where it stopped. DistributedDataParallel when torch.distributed is up."""
 
@@ -23,6 +23,7 @@ from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
 from .restorer import DirectRestorer
 from .scratch import ScratchDetector
+from .tone import ToneCorrection, thumbnail
 from .vae import VAE
 
 Batch = dict[str, torch.Tensor]
@@ -128,7 +129,7 @@ class StageTrainer:
 
     @torch.no_grad()
     def preview(self, batch: Batch) -> np.ndarray:
-        """A grid, one row per sample (at most 4): input | output | target, uint8."""
+        """A grid, one row per sample (at most 4): input | output(s) | target, uint8."""
         batch = {k: v[:4].to(self.device) for k, v in batch.items()}
         for module in self.trained.values():
             module.eval()
@@ -284,8 +285,32 @@ class DirectTrainer(StageTrainer):
         return [batch["degraded"], self.trained["network"](batch["degraded"], batch["mask"]), batch["clean"]]
 
 
+class ToneTrainer(StageTrainer):
+    """tone: the restore path frozen; the global tone correction of its output (from thumbnails of the
+    degraded photo and the output) should bring the output to the clean photo, in mean squared error."""
+
+    stage = "tone"
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"tone": ToneCorrection()}
+
+    def _restored(self, batch: Batch) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            return self.frozen["restorer"](batch["degraded"], batch["mask"]).float()
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        corrected = self.wrapped["tone"](thumbnail(batch["degraded"]), self._restored(batch))
+        loss = nn.functional.mse_loss(corrected, batch["clean"])
+        self._update("tone", loss)
+        return {"total": loss}
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        restored = self._restored(batch)
+        return [batch["degraded"], restored, self.trained["tone"](thumbnail(batch["degraded"]), restored), batch["clean"]]
+
+
 TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer, "mapping": MappingTrainer,
-                                           "scratch": ScratchTrainer, "direct": DirectTrainer}
+                                           "scratch": ScratchTrainer, "tone": ToneTrainer, "direct": DirectTrainer}
 
 
 def save_state(state: dict[str, Any]) -> bytes:

@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
     _add_training_arguments(p)
-    p.add_argument("--stages", default="vae_a,vae_b,mapping,scratch",
+    p.add_argument("--stages", default="vae_a,vae_b,mapping,scratch,tone",
                    help="comma-separated stages to train; 'direct' trains and registers the ablation instead")
     p.add_argument("--checkpoints", help="folder or URL for checkpoints (default: one per config and data under OLDPHOTO_HOME)")
     p.add_argument("--model-name", default="oldphoto-restorer", help="registered model name in MLflow")
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=train)
 
     p = commands.add_parser("train-stage", help="one stage, no tracking: for torchrun and DistributedDataParallel")
-    p.add_argument("stage", choices=["vae_a", "vae_b", "mapping", "scratch", "direct"])
+    p.add_argument("stage", choices=["vae_a", "vae_b", "mapping", "scratch", "tone", "direct"])
     _add_training_arguments(p)
     p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
     p.set_defaults(run=train_stage)

@@ -35,7 +35,8 @@ class RetrainConfig(BaseModel):
     samples_per_photo: int = Field(8, gt=0, description="synthetic pairs per new clean photograph")
     crop: int = Field(256, ge=16)
     seed: int = Field(0, ge=0)
-    stages: list[str] = Field(["vae_a", "mapping", "scratch"], description="fine-tuned; vae_a only when there are new real scans")
+    stages: list[str] = Field(["vae_a", "mapping", "scratch", "tone"],
+                              description="fine-tuned; vae_a only when there are new real scans")
     steps: int = Field(500, gt=0, description="steps per stage beyond the champion's")
     margin_db: float = Field(0.1, description="Y-PSNR the challenger must gain over the champion to replace it")
     heldout: str = Field("../shared/data/clean/bsds500/test", description="clean photographs of the fixed evaluation set")
@@ -105,7 +106,11 @@ def start_from_champion(champion: str, dst: str, stages: list[str], steps: int) 
     progress made), and the step each fine-tuned stage trains to: the champion's plus steps."""
     targets, config = {}, None
     for stage in STAGES:
-        data = storage.read_bytes(checkpoint_url(champion, stage))
+        url = checkpoint_url(champion, stage)
+        if not storage.exists(url) and stage in stages:
+            targets[stage] = steps  # a stage the champion predates (the tone correction): trained afresh
+            continue
+        data = storage.read_bytes(url)
         state = load_state(data)
         config = ModelConfig.model_validate_json(state["config"])
         if stage in stages:

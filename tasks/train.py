@@ -72,6 +72,8 @@ def _read_real(real: str, keys: list[str]) -> list[dict[str, Any]]:
 
 
 def _frozen(stage: str, checkpoints: str) -> dict[str, torch.nn.Module]:
+    if stage == "tone":  # corrects the output of the whole restore path, as trained so far
+        return {"restorer": build_restorer(checkpoints, tone=False)}
     if stage != "mapping":
         return {}
     frozen = {}
@@ -213,9 +215,10 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
     client.set_terminated(runs["parent"])
 
 
-def build_restorer(checkpoints: str, direct: bool = False) -> RestorerNetwork:
+def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True) -> RestorerNetwork:
     """The restore path from the stage checkpoints of one folder: VAE_A's encoder, the mapping and
-    VAE_B's decoder (or, direct, the ablation's network), and the scratch detector."""
+    VAE_B's decoder (or, direct, the ablation's network), the scratch detector and, tone, the
+    global tone correction."""
     def modules(stage: str) -> tuple[ModelConfig, dict[str, Any]]:
         url = checkpoint_url(checkpoints, stage)
         if not storage.exists(url):
@@ -234,6 +237,9 @@ def build_restorer(checkpoints: str, direct: bool = False) -> RestorerNetwork:
         weights |= part(modules("vae_a")[1]["vae"], "encoder.") | part(modules("vae_b")[1]["vae"], "decoder.")
         weights |= {f"mapping.{k}": v for k, v in modules("mapping")[1]["mapping"].items()}
     network = RestorerNetwork(config)
+    if tone and not direct:
+        weights |= {f"tone.{k}": v for k, v in modules("tone")[1]["tone"].items()}
+        network.with_tone()
     network.load_state_dict(weights)
     return network.eval().fast()
 

@@ -100,3 +100,17 @@ def test_auto_runs_the_non_local_branch_only_where_damage_is(network, picture):
     assert not mask.any() and info["global_tiles"] == 0
     _, _, info = Restorer(detector_fires, tile=64, overlap=16).restore(picture[:100, :100], scratch="on")
     assert info["global_tiles"] == 4
+
+
+def test_tone_correction_is_one_transform_for_the_whole_image(network, picture):
+    """Applied after the tiles are blended: every tile gets the same shift, so no seam appears."""
+    toned = copy.deepcopy(network).with_tone()
+    with torch.no_grad():
+        toned.tone.head[-1].bias[9:] = 0.1  # offset +0.1 of [-1, 1] on every channel: +12.75 levels
+    plain, _, _ = Restorer(network, tile=128, overlap=32).restore(picture, scratch="off")
+    shifted, _, _ = Restorer(toned, tile=128, overlap=32).restore(picture, scratch="off")
+    unclipped = plain < 230
+    difference = shifted.astype(int) - plain
+    assert np.abs(difference[unclipped] - 12.75).max() <= 1
+    whole, _, _ = Restorer(toned, tile=None).restore(picture, scratch="off")
+    assert psnr(shifted, whole) > 50

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from oldphoto.model.config import ModelConfig
@@ -18,6 +19,7 @@ from oldphoto.model.mapping import Mapping, PartialNonLocal, latent_mask
 from oldphoto.model.engine import Restorer
 from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.model.scratch import ScratchDetector
+from oldphoto.model.tone import ToneCorrection, thumbnail
 from oldphoto.model.vae import VAE
 
 from conftest import random_vgg_state
@@ -239,3 +241,27 @@ def test_vgg_weights_load_from_a_path_and_a_url(tmp_path):
         server.shutdown()
     a, b = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
     assert from_url(a, b) == from_path(a, b) > 0
+
+
+def test_tone_correction_starts_as_identity_and_learns_to_undo_fading():
+    torch.manual_seed(0)
+    tone = ToneCorrection()
+    clean = torch.rand(16, 3, 48, 48) * 2 - 1
+    # Faded and toned prints: contrast lost towards a per-photo level, a warm cast added.
+    contrast = torch.rand(16, 1, 1, 1) * 0.5 + 0.4
+    faded = clean * contrast + torch.tensor([0.15, 0.05, -0.1])[None, :, None, None] * torch.rand(16, 1, 1, 1)
+    assert torch.allclose(tone(thumbnail(faded), faded), faded)
+    before = nn.functional.mse_loss(faded, clean).item()
+    optimizer = torch.optim.Adam(tone.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = nn.functional.mse_loss(tone(thumbnail(faded), faded), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1 * before
+    # The bundle carries the tone correction when the network has one, and not otherwise.
+    network = RestorerNetwork(TINY).with_tone()
+    network.tone.load_state_dict(tone.state_dict())
+    restored = RestorerNetwork.from_bundle(network.bundle())
+    assert restored.tone is not None and torch.equal(restored.tone.head[-1].bias, tone.head[-1].bias)
+    assert RestorerNetwork.from_bundle(RestorerNetwork(TINY).bundle()).tone is None

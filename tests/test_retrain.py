@@ -66,9 +66,9 @@ def test_retrain_rounds_promote_only_a_better_challenger(tmp_path, pairs, real, 
     assert client.get_model_version_by_alias(NAME, "champion").version == one["challenger"]
     assert client.get_model_version(NAME, first["version"]).version == first["version"], "the old version stays"
     assert "promoted" in client.get_model_version(NAME, one["challenger"]).tags["oldphoto.retrain"]
-    # Fine-tuned from the champion's steps: vae_a (new real scans), mapping and scratch two more; vae_b untouched.
+    # Fine-tuned from the champion's steps: vae_a (new real scans), mapping, scratch and tone two more; vae_b untouched.
     checkpoints = f"{one['round']}/checkpoints"
-    for stage, more in (("vae_a", 2), ("vae_b", 0), ("mapping", 2), ("scratch", 2)):
+    for stage, more in (("vae_a", 2), ("vae_b", 0), ("mapping", 2), ("scratch", 2), ("tone", 2)):
         assert _step(checkpoints, stage) == _step(str(tmp_path / "ckpt"), stage) + more, stage
     text = _decision_artifact()
     assert "**Promoted**" in text and f"version {one['challenger']}" in text and "3 clean photographs, 2 real scans" in text

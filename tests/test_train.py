@@ -141,17 +141,18 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
 
     checkpoints = str(tmp_path / "ckpt")
     result = train(pairs, real, TINY, checkpoints=checkpoints, model_name="test-restorer")
-    assert [s["stage"] for s in result["stages"]] == ["vae_a", "vae_b", "mapping", "scratch"]
+    assert [s["stage"] for s in result["stages"]] == ["vae_a", "vae_b", "mapping", "scratch", "tone"]
     assert all(s["steps"] == TINY.train.steps for s in result["stages"])
 
     client = MlflowClient(tracking)
     parent = client.get_run(result["run_id"])
     assert parent.data.params["vae.channels"] == str(TINY.vae.channels) and parent.info.status == "FINISHED"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")
-    assert sorted(c.data.tags["oldphoto.stage"] for c in children) == ["mapping", "scratch", "vae_a", "vae_b"]
+    assert sorted(c.data.tags["oldphoto.stage"] for c in children) == ["mapping", "scratch", "tone", "vae_a", "vae_b"]
     expected = {"vae_a": {"kl", "l1", "gan", "feature_matching", "latent_gan", "discriminator"},
                 "vae_b": {"kl", "l1", "gan", "feature_matching", "discriminator"},
-                "mapping": {"latent_l1", "clean_l1", "gan", "feature_matching", "discriminator"}, "scratch": set()}
+                "mapping": {"latent_l1", "clean_l1", "gan", "feature_matching", "discriminator"}, "scratch": set(),
+                "tone": set()}
     for child in children:
         stage = child.data.tags["oldphoto.stage"]
         assert {"total", "lr", "samples_per_second"} | expected[stage] <= set(child.data.metrics), stage
@@ -181,6 +182,9 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     assert all(torch.equal(ablation[k], v) for k, v in state.items())
     assert all(torch.equal(ablation[k], triplet[k]) for k in triplet if k.startswith("scratch."))
     assert not torch.equal(ablation["decoder.body.0.weight"], triplet["decoder.body.0.weight"])
+    tone = load_state((tmp_path / "ckpt" / "tone.pt").read_bytes())["trainer"]["modules"]["tone"]
+    assert all(torch.equal(triplet[f"tone.{k}"], v) for k, v in tone.items())
+    assert not any(k.startswith("tone.") for k in ablation)  # the direct network is compared as it is
 
 
 def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, tracking, tmp_path):
