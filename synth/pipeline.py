@@ -203,7 +203,8 @@ DEFAULT = DegradationConfig(
         Stage(name="damage", ops=[
             _op("scratches", 0.6, count=[1, 8], width=[1.0, 2.0], bright=0.85, length=[0.3, 1.2],
                 curvature=[0.0, 0.006]),
-            _op("cracks", 0.35, count=[1, 3], branches=[2, 10], width=[1.0, 1.8], length=[0.2, 0.7],
+            # Up to 3.5 px at the 256 px of a training crop: real cracked prints show wide ones.
+            _op("cracks", 0.35, count=[1, 3], branches=[2, 10], width=[1.0, 3.5], length=[0.2, 0.7],
                 jaggedness=[0.2, 0.6], flakes=[0.0, 0.5]),
             _op("folds", 0.12, count=[1, 2], width=[1.0, 2.5], shading=[0.04, 0.15]),
             _op("dust", 0.6, specks=[3, 60], blotches=[0, 2], hairs=[0, 3], bright=[0.4, 0.9], size=[0.5, 1.2]),
