@@ -38,8 +38,9 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
     stages = [s for s in known if s in (stages or STAGES)]  # in dependency order
     direct = DIRECT in stages  # the ablation: its restorer is the direct network beside the detector
     checkpoints = checkpoints or default_checkpoints(config, pairs, real)
-    # Stages not trained now must already be in the folder: a restorer needs all its parts.
-    needed = (DIRECT, "scratch") if direct else STAGES
+    # Stages not trained now must already be in the folder: a restorer needs all its parts (the tone
+    # correction only if it was ever trained there; restorers made before it existed have none).
+    needed = (DIRECT, "scratch") if direct else [s for s in STAGES if s != "tone"]
     missing = [s for s in needed if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]
     if missing:
         raise FileNotFoundError(f"stages {', '.join(missing)} are neither asked for nor trained in {checkpoints}")

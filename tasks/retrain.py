@@ -107,8 +107,9 @@ def start_from_champion(champion: str, dst: str, stages: list[str], steps: int) 
     targets, config = {}, None
     for stage in STAGES:
         url = checkpoint_url(champion, stage)
-        if not storage.exists(url) and stage in stages:
-            targets[stage] = steps  # a stage the champion predates (the tone correction): trained afresh
+        if stage == "tone" and not storage.exists(url):  # a champion older than the tone correction
+            if stage in stages:
+                targets[stage] = steps  # trained afresh
             continue
         data = storage.read_bytes(url)
         state = load_state(data)

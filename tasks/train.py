@@ -217,8 +217,8 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
 
 def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True) -> RestorerNetwork:
     """The restore path from the stage checkpoints of one folder: VAE_A's encoder, the mapping and
-    VAE_B's decoder (or, direct, the ablation's network), the scratch detector and, tone, the
-    global tone correction."""
+    VAE_B's decoder (or, direct, the ablation's network), the scratch detector and, with tone and
+    where it was trained, the global tone correction."""
     def modules(stage: str) -> tuple[ModelConfig, dict[str, Any]]:
         url = checkpoint_url(checkpoints, stage)
         if not storage.exists(url):
@@ -237,7 +237,7 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True) ->
         weights |= part(modules("vae_a")[1]["vae"], "encoder.") | part(modules("vae_b")[1]["vae"], "decoder.")
         weights |= {f"mapping.{k}": v for k, v in modules("mapping")[1]["mapping"].items()}
     network = RestorerNetwork(config)
-    if tone and not direct:
+    if tone and not direct and storage.exists(checkpoint_url(checkpoints, "tone")):
         weights |= {f"tone.{k}": v for k, v in modules("tone")[1]["tone"].items()}
         network.with_tone()
     network.load_state_dict(weights)

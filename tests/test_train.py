@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     from oldphoto.flows.train import train
     from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
+    from oldphoto.tasks.train import build_restorer
 
     checkpoints = str(tmp_path / "ckpt")
     result = train(pairs, real, TINY, checkpoints=checkpoints, model_name="test-restorer")
@@ -185,6 +187,11 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     tone = load_state((tmp_path / "ckpt" / "tone.pt").read_bytes())["trainer"]["modules"]["tone"]
     assert all(torch.equal(triplet[f"tone.{k}"], v) for k, v in tone.items())
     assert not any(k.startswith("tone.") for k in ablation)  # the direct network is compared as it is
+    # The tone correction is optional: a folder without it (made before it existed) gives a restorer without it.
+    without = tmp_path / "without-tone"
+    shutil.copytree(checkpoints, without)
+    (without / "tone.pt").unlink()
+    assert build_restorer(str(without)).tone is None and build_restorer(checkpoints).tone is not None
 
 
 def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, tracking, tmp_path):
