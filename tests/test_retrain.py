@@ -110,3 +110,20 @@ def test_retrain_without_a_registered_model_says_what_to_do(tmp_path, tracking):
     with pytest.raises(FileNotFoundError, match="no registered model 'oldphoto-restorer' to fine-tune"):
         retrain(config)
     assert not (tmp_path / "work" / "ledger.parquet").exists(), "a failed round records nothing as seen"
+
+
+def test_a_champion_older_than_the_tone_stage_gets_one_trained_afresh(tmp_path):
+    from oldphoto.model.train import save_state
+    from oldphoto.tasks.retrain import start_from_champion
+
+    champion, round_ = tmp_path / "champion", tmp_path / "round"
+    champion.mkdir()
+    config = ModelConfig.load("tiny").model_dump_json()
+    for stage in ("vae_a", "vae_b", "mapping", "scratch"):  # no tone.pt: trained before the stage existed
+        (champion / f"{stage}.pt").write_bytes(save_state({"config": config, "trainer": {"step": 40}}))
+    loaded, targets = start_from_champion.fn(str(champion), str(round_), ["mapping", "tone"], 5)
+    assert targets == {"mapping": 45, "tone": 5} and loaded.name == "tiny"
+    assert sorted(p.name for p in round_.iterdir()) == ["mapping.pt", "scratch.pt", "vae_a.pt", "vae_b.pt"]
+    (champion / "mapping.pt").unlink()  # any other missing stage is an error that names it
+    with pytest.raises(FileNotFoundError, match="mapping.pt"):
+        start_from_champion.fn(str(champion), str(tmp_path / "other"), ["mapping"], 5)
