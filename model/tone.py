@@ -14,6 +14,7 @@ from torch import nn
 
 THUMBNAIL = 64
 QUANTILES = (0.02, 0.5, 0.98)
+STATISTICS = 3 * (2 + len(QUANTILES))  # per channel: mean, standard deviation and the quantiles
 
 
 def thumbnail(image: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,7 @@ def thumbnail(image: torch.Tensor) -> torch.Tensor:
 
 
 def channel_statistics(thumb: torch.Tensor) -> torch.Tensor:
-    """Per channel: mean, standard deviation and the 2%, 50% and 98% quantiles (B x 15)."""
+    """Per channel: mean, standard deviation and the 2%, 50% and 98% quantiles (B x STATISTICS)."""
     flat = thumb.flatten(2)
     quantiles = torch.quantile(flat, torch.tensor(QUANTILES, device=flat.device), dim=2).permute(1, 2, 0)
     return torch.cat([flat.mean(2), flat.std(2), quantiles.flatten(1)], 1)
@@ -35,7 +36,7 @@ class ToneCorrection(nn.Module):
             nn.Conv2d(6, channels, 3, 2, 1), nn.ReLU(inplace=True),
             nn.Conv2d(channels, 2 * channels, 3, 2, 1), nn.ReLU(inplace=True),
             nn.Conv2d(2 * channels, 2 * channels, 3, 2, 1), nn.ReLU(inplace=True))
-        self.head = nn.Sequential(nn.Linear(2 * channels + 30, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 12))
+        self.head = nn.Sequential(nn.Linear(2 * channels + 2 * STATISTICS, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 12))
         nn.init.zeros_(self.head[-1].weight)  # starts as the identity transform
         nn.init.zeros_(self.head[-1].bias)
 
