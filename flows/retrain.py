@@ -41,7 +41,7 @@ def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
     stages = [s for s in config.stages if real is not None or s != "vae_a"]  # vae_a learns from real scans
     checkpoints = storage.join(here, "checkpoints")
     model_config, targets = start_from_champion(champion["checkpoints"], checkpoints, stages, config.steps)
-    challenger = train(pairs, real, model_config, stages, checkpoints, config.model_name, steps=targets)
+    challenger = train(pairs, real, model_config, list(targets), checkpoints, config.model_name, steps=targets)
 
     scored = evaluate(clean=config.heldout, config=config.evaluation.model_copy(
         update={"model": challenger["uri"], "compare": champion["uri"]}))

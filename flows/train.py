@@ -10,26 +10,28 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from oldphoto import storage
-from oldphoto.model.config import DIRECT, STAGES, ModelConfig
-from oldphoto.models import REGISTERED_NAME
+from oldphoto.model.config import DIRECT, OPTIONAL_STAGES, STAGES, ModelConfig
+from oldphoto.models import REGISTERED_NAME, load_restorer
 from oldphoto.settings import get_settings
 from oldphoto.tasks.train import checkpoint_url, close_runs, open_runs, register_restorer, train_stage
 
 
-def default_checkpoints(config: ModelConfig, pairs: str, real: str | None) -> str:
+def default_checkpoints(config: ModelConfig, pairs: str, real: str | None, init: str | None = None) -> str:
     """The same command gets the same checkpoint folder, so that running it again resumes it (with
     more --steps, it trains on from there)."""
     settings = config.model_dump_json(exclude={"train": {"steps"}})
-    key = hashlib.sha256(f"{settings}\n{pairs}\n{real}".encode()).hexdigest()[:12]
+    text = f"{settings}\n{pairs}\n{real}" + (f"\n{init}" if init else "")
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
     return str((get_settings().home / "checkpoints" / f"{config.name}-{key}").resolve())
 
 
 @flow(name="train")
 def train(pairs: str, real: str | None = None, config: ModelConfig | None = None, stages: list[str] | None = None,
           checkpoints: str | None = None, model_name: str = REGISTERED_NAME,
-          steps: dict[str, int] | None = None) -> dict[str, Any]:
+          steps: dict[str, int] | None = None, init: str | None = None) -> dict[str, Any]:
     """steps: the step each stage trains to, where it differs from config.train.steps (fine-tuning
-    stages that stopped at different steps)."""
+    stages that stopped at different steps). init: a restorer (path, URL, MLflow URI) whose parts
+    stand in for the stages the checkpoint folder has not trained (refine fine-tunes it, say)."""
     config = config or ModelConfig()
     known = (*STAGES, DIRECT)
     unknown = set(stages or []) - set(known)
@@ -37,13 +39,16 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
         raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(known)}")
     stages = [s for s in known if s in (stages or STAGES)]  # in dependency order
     direct = DIRECT in stages  # the ablation: its restorer is the direct network beside the detector
-    checkpoints = checkpoints or default_checkpoints(config, pairs, real)
-    # Stages not trained now must already be in the folder: a restorer needs all its parts (the tone
-    # correction only if it was ever trained there; restorers made before it existed have none).
-    needed = (DIRECT, "scratch") if direct else [s for s in STAGES if s != "tone"]
-    missing = [s for s in needed if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]
-    if missing:
-        raise FileNotFoundError(f"stages {', '.join(missing)} are neither asked for nor trained in {checkpoints}")
+    checkpoints = checkpoints or default_checkpoints(config, pairs, real, init)
+    if init:
+        load_restorer(init)  # a bad reference fails now, not after the first stages have trained
+    else:
+        # Stages not trained now must already be in the folder: a restorer needs all its parts (refine and
+        # the tone correction only if they were ever trained there; older folders have neither).
+        needed = (DIRECT, "scratch") if direct else [s for s in STAGES if s not in OPTIONAL_STAGES]
+        missing = [s for s in needed if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]
+        if missing:
+            raise FileNotFoundError(f"stages {', '.join(missing)} are neither asked for nor trained in {checkpoints}")
     tracking_uri = get_settings().tracking_uri
 
     def until(stage: str) -> ModelConfig:
@@ -52,13 +57,13 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
         return config.model_copy(update={"train": config.train.model_copy(update={"steps": steps[stage]})})
 
     runs = open_runs(checkpoints, stages, config, tracking_uri)
-    results = [train_stage(stage, until(stage), pairs, real, checkpoints, runs["stages"][stage], tracking_uri)
+    results = [train_stage(stage, until(stage), pairs, real, checkpoints, runs["stages"][stage], tracking_uri, init)
                for stage in stages]
     registered = runs.get("registered")
     trained_now = any(r["steps"] > r["resumed_at"] for r in results)
     # A rerun of a finished training trains nothing and registers nothing new.
     if trained_now or not registered or registered["name"] != model_name:
-        registered = register_restorer(checkpoints, runs["parent"], tracking_uri, model_name, direct)
+        registered = register_restorer(checkpoints, runs["parent"], tracking_uri, model_name, direct, init)
     close_runs(runs, stages, tracking_uri)
 
     lines = ["# Training", "", f"checkpoints: `{checkpoints}`", f"MLflow run: `{runs['parent']}`",

@@ -8,11 +8,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The triplet domain translation, its detector, and the global tone correction of its output.
-STAGES = ("vae_a", "vae_b", "mapping", "scratch", "tone")
+# The triplet domain translation, its detector, the restore path fine-tuned end to end (refine), and
+# the global tone correction of its output.
+STAGES = ("vae_a", "vae_b", "mapping", "scratch", "refine", "tone")
+# Stages a checkpoint folder may lack (older folders and champions were trained before they existed).
+OPTIONAL_STAGES = ("refine", "tone")
 # The paper's ablation: encoder, mapping and decoder trained end to end on the pairs, no latent spaces.
 DIRECT = "direct"
-Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "tone", "direct"]
+Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "direct"]
 
 
 class _Strict(BaseModel):

@@ -4,7 +4,9 @@ so that a killed run resumes where it stopped. DistributedDataParallel when torc
 
 from __future__ import annotations
 
+import copy
 import io
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +43,9 @@ class StageTrainer:
     stage: str
     # Which batch keys the stage needs: "pairs" (synthetic), "real" (real old photos).
     needs: tuple[str, ...] = ("pairs",)
+    # Cosine decay of the learning rate to zero over config.train.steps (from the step count, so a
+    # resumed run follows the same schedule); the adversarial stages keep it constant.
+    decays = False
 
     def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype,
                  frozen: dict[str, nn.Module] | None = None, vgg: VGGLoss | None = None):
@@ -76,6 +81,11 @@ class StageTrainer:
     def step(self, batch: Batch) -> dict[str, float]:
         for module in self.trained.values():
             module.train()
+        if self.decays:
+            progress = min(self.step_count / self.config.train.steps, 1.0)
+            for optimizer in self.optimizers.values():
+                for group in optimizer.param_groups:
+                    group["lr"] = self.config.train.lr * 0.5 * (1 + math.cos(math.pi * progress))
         batch = {k: v.to(self.device, non_blocking=True, memory_format=torch.channels_last) for k, v in batch.items()}
         metrics = {k: float(v.detach()) for k, v in self.losses(batch).items()}
         self.scaler.update()
@@ -285,6 +295,50 @@ class DirectTrainer(StageTrainer):
         return [batch["degraded"], self.trained["network"](batch["degraded"], batch["mask"]), batch["clean"]]
 
 
+class MappingDecoder(nn.Module):
+    """The part of the restore path that refine trains: the latent mapping, then G_Y."""
+
+    def __init__(self, mapping: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.mapping, self.decoder = mapping, decoder
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.mapping(z, mask))
+
+
+class RefineTrainer(StageTrainer):
+    """refine: the restore path of the trained stages, fine-tuned end to end on the clean photo. VAE_A's
+    encoder stays frozen, so real photographs' latents stay where vae_a put them beside the synthetic
+    ones (the domain alignment the method rests on); the mapping and G_Y, trained apart with G_Y fixed,
+    are fitted to each other. Clean L1 (and VGG), no GAN: this stage is for fidelity, and its learning
+    rate decays to zero."""
+
+    stage = "refine"
+    decays = True
+
+    def build(self) -> dict[str, nn.Module]:
+        path = self.frozen["restorer"]
+        return {"network": MappingDecoder(copy.deepcopy(path.mapping), copy.deepcopy(path.decoder)).requires_grad_(True)}
+
+    def _restore(self, batch: Batch, network: nn.Module) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            z_x = self.frozen["restorer"].encoder(batch["degraded"])[0]
+        with self.autocast():
+            return network(z_x, latent_mask(batch["mask"], z_x.shape[-2:]))
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        out = self._restore(batch, self.wrapped["network"]).float()
+        terms = {"clean_l1": nn.functional.l1_loss(out, batch["clean"])}
+        if self.vgg is not None:
+            terms["vgg"] = self.vgg(out, batch["clean"])
+        total = self._weighted(terms)
+        self._update("network", total)
+        return {"total": total, **terms}
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        return [batch["degraded"], self._restore(batch, self.trained["network"]), batch["clean"]]
+
+
 class ToneTrainer(StageTrainer):
     """tone: the restore path frozen; the global tone correction of its output (from thumbnails of the
     degraded photo and the output) should bring the output to the clean photo, in mean squared error."""
@@ -310,7 +364,8 @@ class ToneTrainer(StageTrainer):
 
 
 TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer, "mapping": MappingTrainer,
-                                           "scratch": ScratchTrainer, "tone": ToneTrainer, "direct": DirectTrainer}
+                                           "scratch": ScratchTrainer, "refine": RefineTrainer, "tone": ToneTrainer,
+                                           "direct": DirectTrainer}
 
 
 def save_state(state: dict[str, Any]) -> bytes:

@@ -140,7 +140,8 @@ def train(args: argparse.Namespace) -> int:
     configure_training(args)
     with prefect_api():
         result = train_flow(absolute(args.pairs), absolute(args.real) if args.real else None, _model_config(args),
-                            _stages(args.stages), absolute(args.checkpoints) if args.checkpoints else None, args.model_name)
+                            _stages(args.stages), absolute(args.checkpoints) if args.checkpoints else None, args.model_name,
+                            init=args.init)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -152,7 +153,7 @@ def train_stage(args: argparse.Namespace) -> int:
 
     configure_training(args)
     result = run_stage(args.stage, _model_config(args), absolute(args.pairs), absolute(args.real) if args.real else None,
-                       absolute(args.checkpoints))
+                       absolute(args.checkpoints), init=args.init)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     return 0
@@ -169,6 +170,8 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", help="folder or URL of real old photographs (needed by vae_a)")
     p.add_argument("--steps", type=int, help="steps per stage (default: the config's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--init", help="restorer (path, URL, MLflow URI) standing in for the stages the checkpoint folder "
+                                  "lacks: refine fine-tunes it, tone corrects it")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
 
 
@@ -196,6 +199,8 @@ def stack(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .model.config import DIRECT, STAGES
+
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--init", help="restorer (path, URL, MLflow URI) standing in for the stages the checkpoint folder "
+                                  "lacks: refine fine-tunes it, tone corrects it")
     p.add_argument("--batch-size", type=int, help="images per task (default 8)")
     p.add_argument("--force", action="store_true", default=None, help="restore again what the manifest says is done")
     p.add_argument("--max-pixels", type=int, help="refuse larger images (default 200 million)")
@@ -239,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-linear", help="the lpips package's weights/v0.1/vgg.pth (with --lpips-vgg16)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--init", help="restorer (path, URL, MLflow URI) standing in for the stages the checkpoint folder "
+                                  "lacks: refine fine-tunes it, tone corrects it")
     p.add_argument("--out", help="folder or URL for the results (default: under OLDPHOTO_HOME/evaluations)")
     p.add_argument("--mlflow-tracking-uri", help="MLflow server or database (default: SQLite under OLDPHOTO_HOME)")
     _add_settings(p)
@@ -254,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
     _add_training_arguments(p)
-    p.add_argument("--stages", default="vae_a,vae_b,mapping,scratch,tone",
+    p.add_argument("--stages", default=",".join(STAGES),
                    help="comma-separated stages to train; 'direct' trains and registers the ablation instead")
     p.add_argument("--checkpoints", help="folder or URL for checkpoints (default: one per config and data under OLDPHOTO_HOME)")
     p.add_argument("--model-name", default="oldphoto-restorer", help="registered model name in MLflow")
@@ -262,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=train)
 
     p = commands.add_parser("train-stage", help="one stage, no tracking: for torchrun and DistributedDataParallel")
-    p.add_argument("stage", choices=["vae_a", "vae_b", "mapping", "scratch", "tone", "direct"])
+    p.add_argument("stage", choices=[*STAGES, DIRECT])
     _add_training_arguments(p)
     p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
     p.set_defaults(run=train_stage)

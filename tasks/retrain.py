@@ -18,7 +18,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from oldphoto import storage
-from oldphoto.model.config import STAGES, ModelConfig
+from oldphoto.model.config import OPTIONAL_STAGES, STAGES, ModelConfig
 from oldphoto.model.train import load_state
 from oldphoto.models import CHAMPION, REGISTERED_NAME
 from oldphoto.tasks.evaluate import EvaluateConfig
@@ -35,8 +35,9 @@ class RetrainConfig(BaseModel):
     samples_per_photo: int = Field(8, gt=0, description="synthetic pairs per new clean photograph")
     crop: int = Field(256, ge=16)
     seed: int = Field(0, ge=0)
-    stages: list[str] = Field(["vae_a", "mapping", "scratch", "tone"],
-                              description="fine-tuned; vae_a only when there are new real scans")
+    stages: list[str] = Field(["vae_a", "mapping", "scratch", "refine", "tone"],
+                              description="fine-tuned; vae_a only when there are new real scans, mapping only "
+                                          "under a champion without refine (whose mapping refine replaces)")
     steps: int = Field(500, gt=0, description="steps per stage beyond the champion's")
     margin_db: float = Field(0.1, description="Y-PSNR the challenger must gain over the champion to replace it")
     heldout: str = Field("../shared/data/clean/bsds500/test", description="clean photographs of the fixed evaluation set")
@@ -103,18 +104,21 @@ def find_champion(model_name: str, tracking_uri: str) -> dict[str, Any]:
 @task(retries=2, retry_delay_seconds=[2, 10])
 def start_from_champion(champion: str, dst: str, stages: list[str], steps: int) -> tuple[ModelConfig, dict[str, int]]:
     """Copy the champion's stage checkpoints into the round's folder (once: a rerun keeps the
-    progress made), and the step each fine-tuned stage trains to: the champion's plus steps."""
+    progress made), and the step each fine-tuned stage trains to: the champion's plus steps. A stage
+    the champion was trained before (refine, tone) is trained afresh; under a refined champion the
+    mapping is not fine-tuned, since refine's copy of it is the one the restorer uses."""
     targets, config = {}, None
+    refined = storage.exists(checkpoint_url(champion, "refine"))
     for stage in STAGES:
         url = checkpoint_url(champion, stage)
-        if stage == "tone" and not storage.exists(url):  # a champion older than the tone correction
+        if stage in OPTIONAL_STAGES and not storage.exists(url):
             if stage in stages:
-                targets[stage] = steps  # trained afresh
+                targets[stage] = steps
             continue
         data = storage.read_bytes(url)
         state = load_state(data)
         config = ModelConfig.model_validate_json(state["config"])
-        if stage in stages:
+        if stage in stages and not (stage == "mapping" and refined):
             targets[stage] = state["trainer"]["step"] + steps
         if not storage.exists(checkpoint_url(dst, stage)):
             storage.write_bytes_atomic(checkpoint_url(dst, stage), data)

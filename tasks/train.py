@@ -19,14 +19,14 @@ from prefect.logging import get_run_logger
 
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_rgb
-from oldphoto.model.config import DIRECT, ModelConfig
+from oldphoto.model.config import DIRECT, STAGES, ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.device import pick_device, pick_precision
 from oldphoto.model.losses import VGGLoss
 from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.model.train import TRAINERS, StageTrainer, load_state, save_state, train_loop
 from oldphoto.model.vae import VAE
-from oldphoto.models import BUNDLE_FILE, read_weights
+from oldphoto.models import BUNDLE_FILE, load_restorer, read_weights
 from oldphoto.pairs import read_shard, shard_urls
 from oldphoto.settings import get_settings
 
@@ -71,9 +71,9 @@ def _read_real(real: str, keys: list[str]) -> list[dict[str, Any]]:
     return images
 
 
-def _frozen(stage: str, checkpoints: str) -> dict[str, torch.nn.Module]:
-    if stage == "tone":  # corrects the output of the whole restore path, as trained so far
-        return {"restorer": build_restorer(checkpoints, tone=False)}
+def _frozen(stage: str, checkpoints: str, init: str | None) -> dict[str, torch.nn.Module]:
+    if stage in ("refine", "tone"):  # they start from, or correct, the whole restore path as trained so far
+        return {"restorer": build_restorer(checkpoints, tone=False, init=init)}
     if stage != "mapping":
         return {}
     frozen = {}
@@ -96,8 +96,10 @@ def _check_same_networks(state: dict[str, Any], config: ModelConfig, url: str) -
 
 
 def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, checkpoints: str,
-              run_id: str | None = None, tracking_uri: str | None = None, device: str | None = None) -> dict[str, Any]:
-    """Train one stage up to config.train.steps, resuming from its checkpoint if there is one.
+              run_id: str | None = None, tracking_uri: str | None = None, device: str | None = None,
+              init: str | None = None) -> dict[str, Any]:
+    """Train one stage up to config.train.steps, resuming from its checkpoint if there is one; init, a
+    restorer reference, stands in for the earlier stages the folder lacks (see build_restorer).
 
     Plain function (the Prefect task wraps it) so that torchrun can launch it: under torchrun it
     joins the process group and trains with DistributedDataParallel; rank 0 alone writes
@@ -118,7 +120,7 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
     t = config.train
 
     vgg = VGGLoss(read_weights(t.vgg_weights)) if t.vgg_weights else None
-    trainer: StageTrainer = TRAINERS[stage](config, device_, dtype, frozen=_frozen(stage, checkpoints), vgg=vgg)
+    trainer: StageTrainer = TRAINERS[stage](config, device_, dtype, frozen=_frozen(stage, checkpoints, init), vgg=vgg)
     streams = _streams(stage, config, pairs, real, rank, world)
     url = checkpoint_url(checkpoints, stage)
     if storage.exists(url):
@@ -175,9 +177,9 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
 
 @task(retries=1, retry_delay_seconds=2)
 def train_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, checkpoints: str,
-                run_id: str, tracking_uri: str) -> dict[str, Any]:
+                run_id: str, tracking_uri: str, init: str | None = None) -> dict[str, Any]:
     """One stage; a retry resumes from the stage's last checkpoint."""
-    result = run_stage(stage, config, pairs, real, checkpoints, run_id, tracking_uri)
+    result = run_stage(stage, config, pairs, real, checkpoints, run_id, tracking_uri, init=init)
     get_run_logger().info("%s: %d steps (resumed at %d) in %.1f s on %s, %s", stage, result["steps"],
                           result["resumed_at"], result["seconds"], result["device"], result["precision"])
     return result
@@ -215,30 +217,47 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
     client.set_terminated(runs["parent"])
 
 
-def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True) -> RestorerNetwork:
+def _read_checkpoint(checkpoints: str, stage: str) -> dict[str, Any] | None:
+    url = checkpoint_url(checkpoints, stage)
+    return load_state(storage.read_bytes(url)) if storage.exists(url) else None
+
+
+def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, init: str | None = None) -> RestorerNetwork:
     """The restore path from the stage checkpoints of one folder: VAE_A's encoder, the mapping and
-    VAE_B's decoder (or, direct, the ablation's network), the scratch detector and, with tone and
-    where it was trained, the global tone correction."""
-    def modules(stage: str) -> tuple[ModelConfig, dict[str, Any]]:
-        url = checkpoint_url(checkpoints, stage)
-        if not storage.exists(url):
-            raise FileNotFoundError(f"{url} is missing: the restorer needs its {stage} stage trained")
-        state = load_state(storage.read_bytes(url))
-        return ModelConfig.model_validate_json(state["config"]), state["trainer"]["modules"]
+    VAE_B's decoder, or refine's fine-tuned mapping and decoder where it was trained (or, direct, the
+    ablation's network); the scratch detector; and, with tone, the global tone correction where it was
+    trained. init (a restorer reference) supplies the parts the folder has no stage for."""
+    states = {stage: _read_checkpoint(checkpoints, stage) for stage in (*STAGES, DIRECT)}
+    start = load_restorer(init) if init else None
+    configs = [ModelConfig.model_validate_json(state["config"]) for state in states.values() if state]
+    config = configs[0] if configs else start.config if start else None
+    if config is None:
+        raise FileNotFoundError(f"{checkpoints} holds no trained stage (and no init restorer was given)")
+    if start and start.config.model_dump(exclude={"train", "name"}) != config.model_dump(exclude={"train", "name"}):
+        raise ValueError(f"init restorer {init} has networks of another configuration than {checkpoints}")
 
-    def part(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in weights.items() if k.startswith(prefix)}
+    def take(part: str, stage: str, module: str, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The part's weights (named as in RestorerNetwork) from stage's module, else from init."""
+        if states[stage]:
+            weights = states[stage]["trainer"]["modules"][module]
+            return {f"{part}.{k.removeprefix(prefix)}": v for k, v in weights.items() if k.startswith(prefix)}
+        if start and (part != "tone" or start.tone is not None):
+            return {k: v for k, v in start.state_dict().items() if k.startswith(f"{part}.")}
+        raise FileNotFoundError(f"{checkpoint_url(checkpoints, stage)} is missing: the restorer needs its {stage} stage trained")
 
-    config, scratch = modules("scratch")
-    weights = {f"scratch.{k}": v for k, v in scratch["detector"].items()}
+    weights = take("scratch", "scratch", "detector")
     if direct:
-        weights |= modules(DIRECT)[1]["network"]
+        for part in ("encoder", "mapping", "decoder"):
+            weights |= take(part, DIRECT, "network", f"{part}.")
     else:
-        weights |= part(modules("vae_a")[1]["vae"], "encoder.") | part(modules("vae_b")[1]["vae"], "decoder.")
-        weights |= {f"mapping.{k}": v for k, v in modules("mapping")[1]["mapping"].items()}
+        weights |= take("encoder", "vae_a", "vae", "encoder.")
+        if states["refine"]:
+            weights |= take("mapping", "refine", "network", "mapping.") | take("decoder", "refine", "network", "decoder.")
+        else:
+            weights |= take("mapping", "mapping", "mapping") | take("decoder", "vae_b", "vae", "decoder.")
     network = RestorerNetwork(config)
-    if tone and not direct and storage.exists(checkpoint_url(checkpoints, "tone")):
-        weights |= {f"tone.{k}": v for k, v in modules("tone")[1]["tone"].items()}
+    if tone and not direct and (states["tone"] or (start and start.tone is not None)):
+        weights |= take("tone", "tone", "tone")
         network.with_tone()
     network.load_state_dict(weights)
     return network.eval().fast()
@@ -246,14 +265,14 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True) ->
 
 @task
 def register_restorer(checkpoints: str, run_id: str, tracking_uri: str, model_name: str,
-                      direct: bool = False) -> dict[str, Any]:
+                      direct: bool = False, init: str | None = None) -> dict[str, Any]:
     """Bundle the stages, log the bundle to the parent run (as a file and as an MLflow pyfunc model)
     and register it as a new version of model_name."""
     import mlflow
 
     from oldphoto.mlflow_model import RestorerModel
 
-    network = build_restorer(checkpoints, direct)
+    network = build_restorer(checkpoints, direct, init=init)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as folder:

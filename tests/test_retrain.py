@@ -66,9 +66,10 @@ def test_retrain_rounds_promote_only_a_better_challenger(tmp_path, pairs, real, 
     assert client.get_model_version_by_alias(NAME, "champion").version == one["challenger"]
     assert client.get_model_version(NAME, first["version"]).version == first["version"], "the old version stays"
     assert "promoted" in client.get_model_version(NAME, one["challenger"]).tags["oldphoto.retrain"]
-    # Fine-tuned from the champion's steps: vae_a (new real scans), mapping, scratch and tone two more; vae_b untouched.
+    # Fine-tuned from the champion's steps: vae_a (new real scans), scratch, refine and tone two more; vae_b
+    # untouched, and the mapping too, since refine's copy of it is the one the restorer uses.
     checkpoints = f"{one['round']}/checkpoints"
-    for stage, more in (("vae_a", 2), ("vae_b", 0), ("mapping", 2), ("scratch", 2), ("tone", 2)):
+    for stage, more in (("vae_a", 2), ("vae_b", 0), ("mapping", 0), ("scratch", 2), ("refine", 2), ("tone", 2)):
         assert _step(checkpoints, stage) == _step(str(tmp_path / "ckpt"), stage) + more, stage
     text = _decision_artifact()
     assert "**Promoted**" in text and f"version {one['challenger']}" in text and "3 clean photographs, 2 real scans" in text
@@ -92,7 +93,7 @@ def test_retrain_rounds_promote_only_a_better_challenger(tmp_path, pairs, real, 
     assert "**Not promoted**" in _decision_artifact()
     # No new real scans: vae_a is not fine-tuned; the others go on from round 1's champion.
     assert _step(f"{two['round']}/checkpoints", "vae_a") == _step(checkpoints, "vae_a")
-    assert _step(f"{two['round']}/checkpoints", "mapping") == _step(checkpoints, "mapping") + 2
+    assert _step(f"{two['round']}/checkpoints", "refine") == _step(checkpoints, "refine") + 2
     assert len(pq.read_table(tmp_path / "work" / "ledger.parquet")) == 6
 
     # Restores without a named model use the champion, pinned by version number.
@@ -112,18 +113,23 @@ def test_retrain_without_a_registered_model_says_what_to_do(tmp_path, tracking):
     assert not (tmp_path / "work" / "ledger.parquet").exists(), "a failed round records nothing as seen"
 
 
-def test_a_champion_older_than_the_tone_stage_gets_one_trained_afresh(tmp_path):
+def test_a_champion_older_than_the_refine_and_tone_stages_gets_them_trained_afresh(tmp_path):
     from oldphoto.model.train import save_state
     from oldphoto.tasks.retrain import start_from_champion
 
     champion, round_ = tmp_path / "champion", tmp_path / "round"
     champion.mkdir()
     config = ModelConfig.load("tiny").model_dump_json()
-    for stage in ("vae_a", "vae_b", "mapping", "scratch"):  # no tone.pt: trained before the stage existed
+    for stage in ("vae_a", "vae_b", "mapping", "scratch"):  # no refine.pt, tone.pt: trained before they existed
         (champion / f"{stage}.pt").write_bytes(save_state({"config": config, "trainer": {"step": 40}}))
-    loaded, targets = start_from_champion.fn(str(champion), str(round_), ["mapping", "tone"], 5)
-    assert targets == {"mapping": 45, "tone": 5} and loaded.name == "tiny"
+    loaded, targets = start_from_champion.fn(str(champion), str(round_), ["mapping", "refine", "tone"], 5)
+    assert targets == {"mapping": 45, "refine": 5, "tone": 5} and loaded.name == "tiny"
     assert sorted(p.name for p in round_.iterdir()) == ["mapping.pt", "scratch.pt", "vae_a.pt", "vae_b.pt"]
+    # Under a refined champion the mapping is left as it is: refine holds the one the restorer uses.
+    (champion / "refine.pt").write_bytes(save_state({"config": config, "trainer": {"step": 30}}))
+    _, targets = start_from_champion.fn(str(champion), str(tmp_path / "refined"), ["mapping", "refine", "tone"], 5)
+    assert targets == {"refine": 35, "tone": 5}
+    (champion / "refine.pt").unlink()
     (champion / "mapping.pt").unlink()  # any other missing stage is an error that names it
     with pytest.raises(FileNotFoundError, match="mapping.pt"):
         start_from_champion.fn(str(champion), str(tmp_path / "other"), ["mapping"], 5)

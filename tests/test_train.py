@@ -17,7 +17,8 @@ import torch
 
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
-from oldphoto.model.train import TRAINERS, MappingTrainer, load_state
+from oldphoto.model.restorer import RestorerNetwork
+from oldphoto.model.train import TRAINERS, MappingTrainer, RefineTrainer, load_state
 from oldphoto.model.vae import VAE
 
 TINY = ModelConfig.load("tiny")
@@ -50,9 +51,10 @@ def test_sample_stream_is_seeded_resumable_and_split_across_ranks():
         SampleStream(2, lambda i: [], 0).take(1)
 
 
-@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "direct"])
+@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "direct"])
 def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
-    frozen = {"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else None
+    frozen = ({"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else
+              {"restorer": RestorerNetwork(TINY)} if stage == "refine" else None)
     trainer = TRAINERS[stage](TINY, torch.device("cpu"), torch.float32, frozen=frozen)
     stream = _streams(pairs)
     real_stream = SampleStream(1, lambda i: [{"image": np.full((90, 70, 3), 128, np.uint8)}], 0)
@@ -79,6 +81,31 @@ def test_mapping_overfits_a_fixed_batch(pairs):
     for _ in range(60):
         last = trainer.step(batch)["latent_l1"]
     assert last < 0.3 * first, (first, last)
+
+
+def test_refine_fits_mapping_and_decoder_with_the_encoder_frozen_and_a_decaying_rate(pairs):
+    torch.manual_seed(0)
+    config = TINY.model_copy(deep=True)
+    config.train.lr, config.train.steps = 2e-3, 60
+    path = RestorerNetwork(config)
+    before = {k: v.clone() for k, v in path.state_dict().items()}
+    trainer = RefineTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+    batch = pair_batch(_streams(pairs), 4, 32)
+    first = trainer.step(batch)["clean_l1"]
+    rates = []
+    for _ in range(59):
+        rates.append(trainer.optimizers["network"].param_groups[0]["lr"])
+        last = trainer.step(batch)["clean_l1"]
+    assert last < 0.6 * first, (first, last)
+    # Cosine from lr to zero over the stage's steps, from the step count (so a resumed run agrees).
+    assert rates[0] == 2e-3 and rates[1] == pytest.approx(2e-3 * 0.5 * (1 + np.cos(np.pi / 60)))
+    assert rates[30] == pytest.approx(1e-3) and rates[-1] < 2e-5
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    # The encoder (vae_a's, aligned with real photos) is untouched; the frozen path is not modified.
+    assert all(torch.equal(before[k], v) for k, v in path.state_dict().items())
+    trained = trainer.trained["network"].state_dict()
+    assert not torch.equal(trained["decoder.body.0.weight"], before["decoder.body.0.weight"])
+    assert not torch.equal(trained["mapping.head.0.weight"], before["mapping.head.0.weight"])
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -139,22 +166,23 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     from oldphoto.flows.train import train
     from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
+    from oldphoto.tasks.restore import DEFAULT_MODEL
     from oldphoto.tasks.train import build_restorer
 
     checkpoints = str(tmp_path / "ckpt")
     result = train(pairs, real, TINY, checkpoints=checkpoints, model_name="test-restorer")
-    assert [s["stage"] for s in result["stages"]] == ["vae_a", "vae_b", "mapping", "scratch", "tone"]
+    assert [s["stage"] for s in result["stages"]] == ["vae_a", "vae_b", "mapping", "scratch", "refine", "tone"]
     assert all(s["steps"] == TINY.train.steps for s in result["stages"])
 
     client = MlflowClient(tracking)
     parent = client.get_run(result["run_id"])
     assert parent.data.params["vae.channels"] == str(TINY.vae.channels) and parent.info.status == "FINISHED"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")
-    assert sorted(c.data.tags["oldphoto.stage"] for c in children) == ["mapping", "scratch", "tone", "vae_a", "vae_b"]
+    assert sorted(c.data.tags["oldphoto.stage"] for c in children) == ["mapping", "refine", "scratch", "tone", "vae_a", "vae_b"]
     expected = {"vae_a": {"kl", "l1", "gan", "feature_matching", "latent_gan", "discriminator"},
                 "vae_b": {"kl", "l1", "gan", "feature_matching", "discriminator"},
                 "mapping": {"latent_l1", "clean_l1", "gan", "feature_matching", "discriminator"}, "scratch": set(),
-                "tone": set()}
+                "refine": {"clean_l1"}, "tone": set()}
     for child in children:
         stage = child.data.tags["oldphoto.stage"]
         assert {"total", "lr", "samples_per_second"} | expected[stage] <= set(child.data.metrics), stage
@@ -187,11 +215,36 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     tone = load_state((tmp_path / "ckpt" / "tone.pt").read_bytes())["trainer"]["modules"]["tone"]
     assert all(torch.equal(triplet[f"tone.{k}"], v) for k, v in tone.items())
     assert not any(k.startswith("tone.") for k in ablation)  # the direct network is compared as it is
-    # The tone correction is optional: a folder without it (made before it existed) gives a restorer without it.
-    without = tmp_path / "without-tone"
+    # The restorer's mapping and decoder are refine's; its encoder is vae_a's, which refine keeps frozen.
+    stage = lambda name: load_state((tmp_path / "ckpt" / f"{name}.pt").read_bytes())["trainer"]["modules"]
+    refined, vae_a, vae_b = stage("refine")["network"], stage("vae_a")["vae"], stage("vae_b")["vae"]
+    assert all(torch.equal(triplet[k], v) for k, v in refined.items())
+    assert all(torch.equal(triplet[k], v) for k, v in vae_a.items() if k.startswith("encoder."))
+    assert not torch.equal(triplet["decoder.body.0.weight"], vae_b["decoder.body.0.weight"])
+    # refine and tone are optional: a folder without them (made before they existed) gives a restorer
+    # of the mapping and VAE_B's decoder, without the tone correction.
+    without = tmp_path / "older"
     shutil.copytree(checkpoints, without)
     (without / "tone.pt").unlink()
+    (without / "refine.pt").unlink()
+    older = build_restorer(str(without)).state_dict()
     assert build_restorer(str(without)).tone is None and build_restorer(checkpoints).tone is not None
+    assert torch.equal(older["decoder.body.0.weight"], vae_b["decoder.body.0.weight"])
+
+    # Fine-tuning a given restorer in a fresh folder: refine and tone start from it, and the parts no
+    # stage was trained for (the scratch detector, VAE_A's encoder) are taken from it as they are.
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        train(pairs, None, TINY, stages=["refine"], checkpoints=str(tmp_path / "bad"), init=str(tmp_path / "none.pt"))
+    assert not (tmp_path / "bad").exists(), "a bad init is refused before anything is trained"
+    tuned = train(pairs, None, TINY, stages=["refine", "tone"], checkpoints=str(tmp_path / "tuned"), init=result["uri"],
+                  model_name="test-tuned")
+    assert [s["steps"] for s in tuned["stages"]] == [TINY.train.steps] * 2
+    fine = load_restorer(tuned["uri"]).state_dict()
+    assert all(torch.equal(fine[k], v) for k, v in triplet.items() if k.startswith(("scratch.", "encoder.")))
+    assert not torch.equal(fine["decoder.body.0.weight"], triplet["decoder.body.0.weight"])
+    assert not torch.equal(fine["tone.head.0.weight"], triplet["tone.head.0.weight"])
+    with pytest.raises(ValueError, match="networks of another configuration"):
+        build_restorer(str(tmp_path / "tuned"), init=DEFAULT_MODEL)  # the shipped model is not tiny
 
 
 def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, tracking, tmp_path):
