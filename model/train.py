@@ -44,7 +44,7 @@ class StageTrainer:
     # Which batch keys the stage needs: "pairs" (synthetic), "real" (real old photos).
     needs: tuple[str, ...] = ("pairs",)
     # Cosine decay of the learning rate to zero over config.train.steps (from the step count, so a
-    # resumed run follows the same schedule); the adversarial stages keep it constant.
+    # resumed run follows the same schedule); the other stages keep it constant, as the paper's do.
     decays = False
 
     def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype,
