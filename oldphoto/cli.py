@@ -222,8 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--init", help="restorer (path, URL, MLflow URI) standing in for the stages the checkpoint folder "
-                                  "lacks: refine fine-tunes it, tone corrects it")
     p.add_argument("--batch-size", type=int, help="images per task (default 8)")
     p.add_argument("--force", action="store_true", default=None, help="restore again what the manifest says is done")
     p.add_argument("--max-pixels", type=int, help="refuse larger images (default 200 million)")
@@ -246,8 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-linear", help="the lpips package's weights/v0.1/vgg.pth (with --lpips-vgg16)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--init", help="restorer (path, URL, MLflow URI) standing in for the stages the checkpoint folder "
-                                  "lacks: refine fine-tunes it, tone corrects it")
     p.add_argument("--out", help="folder or URL for the results (default: under OLDPHOTO_HOME/evaluations)")
     p.add_argument("--mlflow-tracking-uri", help="MLflow server or database (default: SQLite under OLDPHOTO_HOME)")
     _add_settings(p)
