@@ -3,6 +3,7 @@ bundle the stages into a restorer and register it as a model version."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -217,20 +218,20 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
     client.set_terminated(runs["parent"])
 
 
-def _read_checkpoint(checkpoints: str, stage: str) -> dict[str, Any] | None:
-    url = checkpoint_url(checkpoints, stage)
-    return load_state(storage.read_bytes(url)) if storage.exists(url) else None
-
-
 def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, init: str | None = None) -> RestorerNetwork:
     """The restore path from the stage checkpoints of one folder: VAE_A's encoder, the mapping and
     VAE_B's decoder, or refine's fine-tuned mapping and decoder where it was trained (or, direct, the
     ablation's network); the scratch detector; and, with tone, the global tone correction where it was
     trained. init (a restorer reference) supplies the parts the folder has no stage for."""
-    states = {stage: _read_checkpoint(checkpoints, stage) for stage in (*STAGES, DIRECT)}
+    @functools.cache
+    def state(stage: str) -> dict[str, Any] | None:  # each checkpoint read once, and only if needed
+        url = checkpoint_url(checkpoints, stage)
+        return load_state(storage.read_bytes(url)) if storage.exists(url) else None
+
     start = load_restorer(init) if init else None
-    configs = [ModelConfig.model_validate_json(state["config"]) for state in states.values() if state]
-    config = configs[0] if configs else start.config if start else None
+    start_weights = start.state_dict() if start else {}
+    first = next((state(s) for s in ("scratch", *STAGES, DIRECT) if state(s)), None)
+    config = ModelConfig.model_validate_json(first["config"]) if first else start.config if start else None
     if config is None:
         raise FileNotFoundError(f"{checkpoints} holds no trained stage (and no init restorer was given)")
     if start and start.config.model_dump(exclude={"train", "name"}) != config.model_dump(exclude={"train", "name"}):
@@ -238,11 +239,11 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
 
     def take(part: str, stage: str, module: str, prefix: str = "") -> dict[str, torch.Tensor]:
         """The part's weights (named as in RestorerNetwork) from stage's module, else from init."""
-        if states[stage]:
-            weights = states[stage]["trainer"]["modules"][module]
+        if state(stage):
+            weights = state(stage)["trainer"]["modules"][module]
             return {f"{part}.{k.removeprefix(prefix)}": v for k, v in weights.items() if k.startswith(prefix)}
         if start and (part != "tone" or start.tone is not None):
-            return {k: v for k, v in start.state_dict().items() if k.startswith(f"{part}.")}
+            return {k: v for k, v in start_weights.items() if k.startswith(f"{part}.")}
         raise FileNotFoundError(f"{checkpoint_url(checkpoints, stage)} is missing: the restorer needs its {stage} stage trained")
 
     weights = take("scratch", "scratch", "detector")
@@ -251,12 +252,12 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
             weights |= take(part, DIRECT, "network", f"{part}.")
     else:
         weights |= take("encoder", "vae_a", "vae", "encoder.")
-        if states["refine"]:
+        if state("refine"):
             weights |= take("mapping", "refine", "network", "mapping.") | take("decoder", "refine", "network", "decoder.")
         else:
             weights |= take("mapping", "mapping", "mapping") | take("decoder", "vae_b", "vae", "decoder.")
     network = RestorerNetwork(config)
-    if tone and not direct and (states["tone"] or (start and start.tone is not None)):
+    if tone and not direct and (state("tone") or (start and start.tone is not None)):
         weights |= take("tone", "tone", "tone")
         network.with_tone()
     network.load_state_dict(weights)
