@@ -1,5 +1,5 @@
 """The restore path as one module: scratch detector, E_RX (VAE_A's encoder), mapping, G_Y (VAE_B's
-decoder), and the global tone correction when trained; saved and loaded as a bundle of plain
+decoder), and the tone correction when trained; saved and loaded as a bundle of plain
 tensors and the config (safe with weights_only)."""
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class RestorerNetwork(nn.Module):
         self.tone: ToneCorrection | None = None  # applied by the engine to the whole output (model/tone.py)
         self.multiple = 2**config.vae.downsamples
 
-    def with_tone(self) -> "RestorerNetwork":
-        self.tone = ToneCorrection()
+    def with_tone(self, spatial: bool = True) -> "RestorerNetwork":
+        """spatial False: the global transform only, as bundles made before the light field have it."""
+        self.tone = ToneCorrection(spatial=spatial)
         return self
 
     def fast(self) -> "RestorerNetwork":
@@ -74,7 +75,7 @@ class RestorerNetwork(nn.Module):
             raise ValueError(f"not an oldphoto restorer bundle (expected format {BUNDLE_FORMAT!r})")
         network = cls(ModelConfig.model_validate_json(bundle["config"]))
         if any(k.startswith("tone.") for k in bundle["state_dict"]):
-            network.with_tone()
+            network.with_tone(spatial=any(k.startswith("tone.field.") for k in bundle["state_dict"]))
         network.load_state_dict(bundle["state_dict"])
         return network.eval().fast()
 

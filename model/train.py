@@ -340,13 +340,22 @@ class RefineTrainer(StageTrainer):
 
 
 class ToneTrainer(StageTrainer):
-    """tone: the restore path frozen; the global tone correction of its output (from thumbnails of the
+    """tone: the restore path frozen; the tone correction of its output (from thumbnails of the
     degraded photo and the output) should bring the output to the clean photo, in mean squared error."""
 
     stage = "tone"
 
     def build(self) -> dict[str, nn.Module]:
         return {"tone": ToneCorrection()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        tone = state["modules"]["tone"]
+        if not any(k.startswith("field.") for k in tone):
+            # Trained before the light field existed: it goes on from there with the field at the
+            # identity, and Adam starts afresh (its moments were for the old parameters only).
+            state = state | {"modules": {"tone": self.trained["tone"].state_dict() | tone},
+                             "optimizers": {"tone": self.optimizers["tone"].state_dict()}}
+        super().load_state_dict(state)
 
     def _restored(self, batch: Batch) -> torch.Tensor:
         with torch.no_grad(), self.autocast():

@@ -221,7 +221,7 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
 def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, init: str | None = None) -> RestorerNetwork:
     """The restore path from the stage checkpoints of one folder: VAE_A's encoder, the mapping and
     VAE_B's decoder, or refine's fine-tuned mapping and decoder where it was trained (or, direct, the
-    ablation's network); the scratch detector; and, with tone, the global tone correction where it was
+    ablation's network); the scratch detector; and, with tone, the tone correction where it was
     trained. init (a restorer reference) supplies the parts the folder has no stage for."""
     @functools.cache
     def state(stage: str) -> dict[str, Any] | None:  # each checkpoint read once, and only if needed
@@ -259,7 +259,7 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
     network = RestorerNetwork(config)
     if tone and not direct and (state("tone") or (start and start.tone is not None)):
         weights |= take("tone", "tone", "tone")
-        network.with_tone()
+        network.with_tone(spatial=any(k.startswith("tone.field.") for k in weights))
     network.load_state_dict(weights)
     return network.eval().fast()
 

@@ -114,3 +114,9 @@ def test_tone_correction_is_one_transform_for_the_whole_image(network, picture):
     assert np.abs(difference[unclipped] - 12.75).max() <= 1
     whole, _, _ = Restorer(toned, tile=None).restore(picture, scratch="off")
     assert psnr(shifted, whole) > 50
+    # The light field too is one map over the whole photo, sampled where each pixel lies.
+    with torch.no_grad():
+        torch.nn.init.normal_(toned.tone.field[-1].weight, std=0.05)
+    lit, _, _ = Restorer(toned, tile=128, overlap=32).restore(picture, scratch="off")
+    assert np.abs(lit.astype(int) - shifted).mean() > 2, "the field changes the photo"
+    assert psnr(lit, Restorer(toned, tile=None).restore(picture, scratch="off")[0]) > 50

@@ -264,4 +264,39 @@ def test_tone_correction_starts_as_identity_and_learns_to_undo_fading():
     network.tone.load_state_dict(tone.state_dict())
     restored = RestorerNetwork.from_bundle(network.bundle())
     assert restored.tone is not None and torch.equal(restored.tone.head[-1].bias, tone.head[-1].bias)
+    assert torch.equal(restored.tone.field[-1].weight, tone.field[-1].weight)
     assert RestorerNetwork.from_bundle(RestorerNetwork(TINY).bundle()).tone is None
+    # A bundle made before the light field existed loads as the global transform it was.
+    older = RestorerNetwork.from_bundle(RestorerNetwork(TINY).with_tone(spatial=False).bundle())
+    assert older.tone is not None and older.tone.field is None
+
+
+def test_light_field_undoes_uneven_exposure_that_one_transform_cannot():
+    """Prints exposed brighter on one side: only the spatial light field can even them out."""
+    torch.manual_seed(0)
+    clean = torch.rand(8, 3, 64, 64) * 2 - 1
+    # A smooth horizontal light ramp, from 0.6 to 1.2 of the light, its direction random per print.
+    ramp = torch.linspace(0.6, 1.2, 64).view(1, 1, 1, 64)
+    light = torch.where(torch.rand(8, 1, 1, 1) < 0.5, ramp, ramp.flip(-1))
+    exposed = (clean + 1) * light - 1
+
+    def fit(tone: ToneCorrection) -> float:
+        optimizer = torch.optim.Adam(tone.parameters(), lr=3e-3)
+        for _ in range(60):
+            loss = nn.functional.mse_loss(tone(thumbnail(exposed), exposed), clean)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+
+    before = nn.functional.mse_loss(exposed, clean).item()
+    global_only, spatial = fit(ToneCorrection(spatial=False)), fit(ToneCorrection())
+    assert global_only > 0.5 * before, "one transform per photo cannot undo a ramp"
+    assert spatial < 0.15 * before and spatial < 0.25 * global_only
+    # Applied in bands, in place under inference, it is the same function as with gradients kept.
+    tone = ToneCorrection()
+    nn.init.normal_(tone.field[-1].weight, std=0.05)
+    tall = torch.rand(1, 3, 600, 40) * 2 - 1
+    kept = tone(thumbnail(tall), tall).detach()
+    with torch.inference_mode():
+        assert torch.allclose(tone(thumbnail(tall), tall.clone()), kept, atol=1e-6)

@@ -18,7 +18,8 @@ import torch
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.restorer import RestorerNetwork
-from oldphoto.model.train import TRAINERS, MappingTrainer, RefineTrainer, load_state
+from oldphoto.model.tone import ToneCorrection
+from oldphoto.model.train import TRAINERS, MappingTrainer, RefineTrainer, ToneTrainer, load_state, save_state
 from oldphoto.model.vae import VAE
 
 TINY = ModelConfig.load("tiny")
@@ -68,6 +69,26 @@ def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     grid = trainer.preview(batch)
     rows = 4 if stage == "vae_a" else 2  # vae_a shows its synthetic and its real photos
     assert grid.dtype == np.uint8 and grid.shape == (rows * 32, 3 * 32, 3)
+
+
+def test_a_tone_checkpoint_from_before_the_light_field_resumes_with_it(pairs):
+    """Its global transform and step count are kept; the light field joins at the identity."""
+    class GlobalToneTrainer(ToneTrainer):  # the tone stage as it was
+        def build(self):
+            return {"tone": ToneCorrection(spatial=False)}
+
+    old = GlobalToneTrainer(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": RestorerNetwork(TINY)})
+    batch = pair_batch(_streams(pairs), 2, 32)
+    for _ in range(2):
+        old.step(batch)
+    state = load_state(save_state(old.state_dict()))
+    resumed = ToneTrainer(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": RestorerNetwork(TINY)})
+    resumed.load_state_dict(state)
+    assert resumed.step_count == 2
+    tone = resumed.trained["tone"].state_dict()
+    assert all(torch.equal(tone[k], v) for k, v in state["modules"]["tone"].items())
+    assert not tone["field.2.weight"].any() and not tone["field.2.bias"].any()
+    assert np.isfinite(resumed.step(batch)["total"]) and resumed.step_count == 3
 
 
 def test_mapping_overfits_a_fixed_batch(pairs):
