@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # The triplet domain translation, its detector, the restore path fine-tuned end to end (refine), and
-# the global tone correction of its output.
+# the tone correction of its output.
 STAGES = ("vae_a", "vae_b", "mapping", "scratch", "refine", "tone")
 # Stages a checkpoint folder may lack (older folders and champions were trained before they existed).
 OPTIONAL_STAGES = ("refine", "tone")

@@ -5,7 +5,8 @@ mask for the whole image), then global restoration of each tile with its part of
 partial non-local block attends within the tile's latent grid). Where tiles overlap, outputs are
 blended with weights that ramp down towards each tile's edges, so no seam shows. Only the tile being
 computed is held as float tensors; the image itself stays in its own dtype. Last, when the model
-has one, a global tone correction predicted from thumbnails of the input and the output.
+has one, the tone correction (a colour transform and a smooth light field for the whole photo)
+predicted from thumbnails of the input and the output.
 """
 
 from __future__ import annotations
