@@ -243,6 +243,17 @@ def test_vgg_weights_load_from_a_path_and_a_url(tmp_path):
     assert from_url(a, b) == from_path(a, b) > 0
 
 
+def _fit_tone(tone: ToneCorrection, degraded: torch.Tensor, clean: torch.Tensor, steps: int) -> float:
+    """The MSE to clean after steps of Adam on one batch."""
+    optimizer = torch.optim.Adam(tone.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(tone(thumbnail(degraded), degraded), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
 def test_tone_correction_starts_as_identity_and_learns_to_undo_fading():
     torch.manual_seed(0)
     tone = ToneCorrection()
@@ -252,13 +263,7 @@ def test_tone_correction_starts_as_identity_and_learns_to_undo_fading():
     faded = clean * contrast + torch.tensor([0.15, 0.05, -0.1])[None, :, None, None] * torch.rand(16, 1, 1, 1)
     assert torch.allclose(tone(thumbnail(faded), faded), faded)
     before = nn.functional.mse_loss(faded, clean).item()
-    optimizer = torch.optim.Adam(tone.parameters(), lr=3e-3)
-    for _ in range(300):
-        loss = nn.functional.mse_loss(tone(thumbnail(faded), faded), clean)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.1 * before
+    assert _fit_tone(tone, faded, clean, 300) < 0.1 * before
     # The bundle carries the tone correction when the network has one, and not otherwise.
     network = RestorerNetwork(TINY).with_tone()
     network.tone.load_state_dict(tone.state_dict())
@@ -279,18 +284,9 @@ def test_light_field_undoes_uneven_exposure_that_one_transform_cannot():
     ramp = torch.linspace(0.6, 1.2, 64).view(1, 1, 1, 64)
     light = torch.where(torch.rand(8, 1, 1, 1) < 0.5, ramp, ramp.flip(-1))
     exposed = (clean + 1) * light - 1
-
-    def fit(tone: ToneCorrection) -> float:
-        optimizer = torch.optim.Adam(tone.parameters(), lr=3e-3)
-        for _ in range(60):
-            loss = nn.functional.mse_loss(tone(thumbnail(exposed), exposed), clean)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return loss.item()
-
     before = nn.functional.mse_loss(exposed, clean).item()
-    global_only, spatial = fit(ToneCorrection(spatial=False)), fit(ToneCorrection())
+    global_only = _fit_tone(ToneCorrection(spatial=False), exposed, clean, 60)
+    spatial = _fit_tone(ToneCorrection(), exposed, clean, 60)
     assert global_only > 0.5 * before, "one transform per photo cannot undo a ramp"
     assert spatial < 0.15 * before and spatial < 0.25 * global_only
     # Applied in bands, in place under inference, it is the same function as with gradients kept.
