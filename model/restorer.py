@@ -73,10 +73,16 @@ class RestorerNetwork(nn.Module):
     def from_bundle(cls, bundle: dict[str, Any]) -> "RestorerNetwork":
         if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"not an oldphoto restorer bundle (expected format {BUNDLE_FORMAT!r})")
-        network = cls(ModelConfig.model_validate_json(bundle["config"]))
-        if any(k.startswith("tone.") for k in bundle["state_dict"]):
-            network.with_tone(spatial=any(k.startswith("tone.field.") for k in bundle["state_dict"]))
-        network.load_state_dict(bundle["state_dict"])
+        return cls.from_weights(ModelConfig.model_validate_json(bundle["config"]), bundle["state_dict"])
+
+    @classmethod
+    def from_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> "RestorerNetwork":
+        """The network for inference; with the tone correction the weights carry, if any (with the
+        light field only where they have one: weights made before it have the global transform)."""
+        network = cls(config)
+        if any(k.startswith("tone.") for k in weights):
+            network.with_tone(spatial=any(k.startswith("tone.field.") for k in weights))
+        network.load_state_dict(weights)
         return network.eval().fast()
 
 

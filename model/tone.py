@@ -74,11 +74,11 @@ class ToneCorrection(nn.Module):
         h, w = out.shape[-2:]
         rows = _interpolation(h, field.shape[2]).to(field)
         columns = _interpolation(w, field.shape[3]).to(field)
-        field = torch.einsum("bcgk,wk->bcgw", field, columns)
+        across = torch.einsum("bcgk,wk->bcgw", field, columns)  # interpolated along the width
         # In place when no gradient is kept (inference): one full-size image in memory, not two.
         result = out if not torch.is_grad_enabled() else torch.empty_like(out)
         for top in range(0, h, BAND):
-            gain, shift = torch.einsum("hg,bcgw->bchw", rows[top : top + BAND], field).split([1, 3], 1)
+            gain, shift = torch.einsum("hg,bcgw->bchw", rows[top : top + BAND], across).split([1, 3], 1)
             # Light multiplies intensity, (x + 1) / 2, so the gain pivots on black: (x + 1)(1 + g) - 1 + shift.
             result[:, :, top : top + BAND] = out[:, :, top : top + BAND] * (1 + gain) + (gain + shift)
         return result

@@ -256,12 +256,9 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
             weights |= take("mapping", "refine", "network", "mapping.") | take("decoder", "refine", "network", "decoder.")
         else:
             weights |= take("mapping", "mapping", "mapping") | take("decoder", "vae_b", "vae", "decoder.")
-    network = RestorerNetwork(config)
     if tone and not direct and (state("tone") or (start and start.tone is not None)):
         weights |= take("tone", "tone", "tone")
-        network.with_tone(spatial=any(k.startswith("tone.field.") for k in weights))
-    network.load_state_dict(weights)
-    return network.eval().fast()
+    return RestorerNetwork.from_weights(config, weights)
 
 
 @task
