@@ -49,7 +49,7 @@ def evaluate(pairs: str | None = None, clean: str | None = None, config: Evaluat
     if real is not None:
         files["real_sheet.png"] = real_sheet.submit(real, out, config).result()
     params = {"model": config.model, "model_version": version, "compare": str(config.compare), "pairs": pairs,
-              "clean": str(clean), "seed": config.seed, "count": len(rows), "scratch": config.scratch, "real": str(real)}
+              "clean": str(clean), "seed": config.seed, "count": len(rows), "scratch": config.scratch, "colour": config.colour, "real": str(real)}
     run_id = log_evaluation(summary, files, params, version, settings.tracking_uri)
 
     table = markdown_table(summary)

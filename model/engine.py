@@ -6,25 +6,29 @@ partial non-local block attends within the tile's latent grid). Where tiles over
 blended with weights that ramp down towards each tile's edges, so no seam shows. Only the tile being
 computed is held as float tensors; the image itself stays in its own dtype. Last, when the model
 has one, the tone correction (a colour transform and a smooth light field for the whole photo)
-predicted from thumbnails of the input and the output.
+predicted from thumbnails of the input and the output; and, unless asked to restore colour too, the
+original's own colours on the restored luminance (model/colour.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .blocks import luminance
+from .colour import chroma_coefficients, filter_size, keep_colours
 from .device import autocast, pick_device, pick_precision
 from .restorer import RestorerNetwork, ScratchMode
 from .tone import THUMBNAIL
 
 Span = tuple[int, int]  # start, length
+ColourMode = Literal["keep", "restore"]
 
 
 def tile_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[Span]:
@@ -78,17 +82,21 @@ class Restorer:
                 for x, tw in tile_spans(w, self.tile, self.overlap, m)]
 
     @torch.inference_mode()
-    def restore(self, image: np.ndarray, scratch: ScratchMode = "auto") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    def restore(self, image: np.ndarray, scratch: ScratchMode = "auto", colour: ColourMode = "keep"
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """scratch "off": no detection, local restoration only; "auto": detect, and run the partial
-        non-local branch on the tiles where damage was found; "on": run it on every tile."""
+        non-local branch on the tiles where damage was found; "on": run it on every tile.
+        colour "keep": the original's colours on the restored luminance; "restore": the model's colours."""
         started = time.perf_counter()
         if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
             raise ValueError(f"expected a uint8 or uint16 image of 1 to 4 channels (H x W [x C]), got {image.dtype} {image.shape}")
-        colour, alpha = split_channels(image)
-        h, w = colour.shape[:2]
+        if colour not in ("keep", "restore"):
+            raise ValueError(f"colour must be 'keep' or 'restore', got {colour!r}")
+        pixels, alpha = split_channels(image)
+        h, w = pixels.shape[:2]
         scale = float(np.iinfo(image.dtype).max)
         m = self.network.multiple
-        rgb = colour if colour.ndim == 3 else colour[..., None]
+        rgb = pixels if pixels.ndim == 3 else pixels[..., None]
         # The latent grid needs sides that are multiples of m: pad by repeating the edge.
         rgb = np.pad(rgb, ((0, -h % m), (0, -w % m), (0, 0)), mode="edge")
         tiles = self._tiles(*rgb.shape[:2])
@@ -114,11 +122,14 @@ class Restorer:
 
         out = self._blended(tensor, tiles, 3, restore_tile)[..., :h, :w]
         if self.network.tone is not None:
-            out = self.network.tone(self._thumbnail(rgb[:h, :w], scale), out.to(self.device)).cpu()
-        if colour.ndim == 2:  # gray in, gray out: the luminance the network restored
+            out = self.network.tone(self._small(rgb[:h, :w], scale, (THUMBNAIL, THUMBNAIL)), out.to(self.device)).cpu()
+        if pixels.ndim == 2:  # gray in, gray out: the luminance the network restored
             out = luminance(out)
+        elif colour == "keep":
+            size = filter_size(h, w)
+            out = keep_colours(out, chroma_coefficients(self._small(rgb[:h, :w], scale, size).cpu(), F.interpolate(out, size, mode="area")))
         restored = out[0].permute(1, 2, 0).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
-        restored = restored[..., 0] if colour.ndim == 2 else restored
+        restored = restored[..., 0] if pixels.ndim == 2 else restored
         if alpha is not None:
             restored = np.concatenate([restored.reshape(h, w, -1), alpha[..., None]], axis=2)
         mask_out = mask[0, 0, :h, :w].numpy()
@@ -127,10 +138,11 @@ class Restorer:
                 "device": str(self.device), "seconds": time.perf_counter() - started}
         return restored, mask_out, info
 
-    def _thumbnail(self, rgb: np.ndarray, scale: float) -> torch.Tensor:
-        """The tone correction's view of the whole input, made from the image in its own dtype."""
-        small = cv2.resize(rgb, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).astype(np.float32)
-        small = small.reshape(THUMBNAIL, THUMBNAIL, -1) * (2 / scale) - 1
+    def _small(self, rgb: np.ndarray, scale: float, size: tuple[int, int]) -> torch.Tensor:
+        """The whole input area-averaged to size (height, width), in [-1, 1]; made from the image in
+        its own dtype, never a full-size float copy."""
+        small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
+        small = small.reshape(*size, -1) * (2 / scale) - 1
         return torch.from_numpy(small).permute(2, 0, 1)[None].expand(1, 3, -1, -1).to(self.device)
 
     def _blended(self, tensor, tiles: list[tuple[int, int, int, int]], channels: int, run) -> torch.Tensor:

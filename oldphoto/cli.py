@@ -67,7 +67,7 @@ def restore(args: argparse.Namespace) -> int:
 
     workers, settings = _model_workers(args)
     config = RestoreConfig(**{k: v for k, v in {
-        "model": args.model, "scratch": args.scratch, "device": settings.device, "batch_size": args.batch_size,
+        "model": args.model, "scratch": args.scratch, "colour": args.colour, "device": settings.device, "batch_size": args.batch_size,
         "force": args.force, "max_pixels": args.max_pixels}.items() if v is not None})
     runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
     with prefect_api():
@@ -87,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> int:
     clean = None if args.pairs else (args.clean or DEFAULT_HELDOUT)
     workers, settings = _model_workers(args)
     config = EvaluateConfig(**{k: v for k, v in {
-        "model": args.model, "compare": args.compare, "scratch": args.scratch, "device": settings.device,
+        "model": args.model, "compare": args.compare, "scratch": args.scratch, "colour": args.colour, "device": settings.device,
         "seed": args.seed, "count": args.count, "degradation": DegradationConfig.load(args.degradation) if args.degradation else None,
         "lpips_vgg16": args.lpips_vgg16, "lpips_linear": args.lpips_linear,
     }.items() if v is not None})
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="folder or URL: DST/<same relative path>, DST/_manifest/, DST/_report/index.html")
     p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
+    p.add_argument("--colour", choices=["keep", "restore"],
+                   help="keep (default): the original's colours on the restored luminance; restore: the model's colours too")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, help="images per task (default 8)")
     p.add_argument("--force", action="store_true", default=None, help="restore again what the manifest says is done")
@@ -243,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-vgg16", help="torchvision's ImageNet VGG16 weights, for LPIPS (with --lpips-linear)")
     p.add_argument("--lpips-linear", help="the lpips package's weights/v0.1/vgg.pth (with --lpips-vgg16)")
     p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
+    p.add_argument("--colour", choices=["keep", "restore"],
+                   help="keep (default): the original's colours on the restored luminance; restore: the model's colours too")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="folder or URL for the results (default: under OLDPHOTO_HOME/evaluations)")
     p.add_argument("--mlflow-tracking-uri", help="MLflow server or database (default: SQLite under OLDPHOTO_HOME)")

@@ -49,6 +49,8 @@ class EvaluateConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...")
     compare: str | None = Field(None, description="a second restorer, scored and shown beside the model")
     scratch: Literal["auto", "on", "off"] = "auto"
+    colour: Literal["keep", "restore"] = Field("keep", description="keep: the original's colours on the restored "
+                                                "luminance; restore: the model's colours too (it may cast them on real prints)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     tile: int = Field(512, ge=64)
@@ -139,7 +141,7 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
 
 
 def _restore(model: str, config: EvaluateConfig, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    return restorer_for(model, config.device, config.precision, config.tile)[0].restore(image, config.scratch)
+    return restorer_for(model, config.device, config.precision, config.tile)[0].restore(image, config.scratch, config.colour)
 
 
 def _white(mask: np.ndarray) -> np.ndarray:

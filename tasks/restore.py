@@ -59,6 +59,8 @@ class RestoreConfig(BaseModel):
     model: str | None = Field(None, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...; "
                                                 "none: the registry's champion if there is one, else the shipped model")
     scratch: Literal["auto", "on", "off"] = "auto"
+    colour: Literal["keep", "restore"] = Field("keep", description="keep: the original's colours on the restored "
+                                                "luminance; restore: the model's colours too (it may cast them on real prints)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     tile: int = Field(512, ge=64, description="tile size of the engine: bounds memory whatever the image size")
@@ -189,7 +191,7 @@ def restore_batch(src: str, dst: str, keys: list[str], config: RestoreConfig, do
                 else:
                     if isinstance(image, Exception):
                         raise image
-                    restored, _, _ = restorer.restore(image.pixels, config.scratch)
+                    restored, _, _ = restorer.restore(image.pixels, config.scratch, config.colour)
                     _settle(pending)
                     pending = row, io_pool.submit(_write, dst, key, image, restored)
                     row.update(status="restored", output_key=key)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from oldphoto.model import colour
+from oldphoto.model.blocks import luminance
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.engine import Restorer, blend_window, tile_spans
 from oldphoto.model.restorer import RestorerNetwork
@@ -103,20 +106,65 @@ def test_auto_runs_the_non_local_branch_only_where_damage_is(network, picture):
 
 
 def test_tone_correction_is_one_transform_for_the_whole_image(network, picture):
-    """Applied after the tiles are blended: every tile gets the same shift, so no seam appears."""
+    """Applied after the tiles are blended: every tile gets the same shift, so no seam appears.
+    (With the model's colours: kept colours would clip this saturated picture.)"""
     toned = copy.deepcopy(network).with_tone()
     with torch.no_grad():
         toned.tone.head[-1].bias[9:] = 0.1  # offset +0.1 of [-1, 1] on every channel: +12.75 levels
-    plain, _, _ = Restorer(network, tile=128, overlap=32).restore(picture, scratch="off")
-    shifted, _, _ = Restorer(toned, tile=128, overlap=32).restore(picture, scratch="off")
+    plain, _, _ = Restorer(network, tile=128, overlap=32).restore(picture, scratch="off", colour="restore")
+    shifted, _, _ = Restorer(toned, tile=128, overlap=32).restore(picture, scratch="off", colour="restore")
     unclipped = plain < 230
     difference = shifted.astype(int) - plain
     assert np.abs(difference[unclipped] - 12.75).max() <= 1
-    whole, _, _ = Restorer(toned, tile=None).restore(picture, scratch="off")
+    whole, _, _ = Restorer(toned, tile=None).restore(picture, scratch="off", colour="restore")
     assert psnr(shifted, whole) > 50
     # The light field too is one map over the whole photo, sampled where each pixel lies.
     with torch.no_grad():
         torch.nn.init.normal_(toned.tone.field[-1].weight, std=0.05)
-    lit, _, _ = Restorer(toned, tile=128, overlap=32).restore(picture, scratch="off")
+    lit, _, _ = Restorer(toned, tile=128, overlap=32).restore(picture, scratch="off", colour="restore")
     assert np.abs(lit.astype(int) - shifted).mean() > 2, "the field changes the photo"
-    assert psnr(lit, Restorer(toned, tile=None).restore(picture, scratch="off")[0]) > 50
+    assert psnr(lit, Restorer(toned, tile=None).restore(picture, scratch="off", colour="restore")[0]) > 50
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float64) @ [0.299, 0.587, 0.114]
+
+
+def _chroma(image: np.ndarray) -> np.ndarray:
+    return np.stack([image[..., 0] - _luma(image), image[..., 2] - _luma(image)], -1)
+
+
+def test_kept_colours_are_the_originals_on_the_restored_luminance(network, picture):
+    """colour="keep" (the default): the restored luminance, with the original's chroma, its grain
+    averaged out; a colour cast of the model's never reaches the output."""
+    muted = (picture * 0.4 + 70).astype(np.uint8)  # colours that fit around any luminance unclipped
+    cast = copy.deepcopy(network).with_tone(spatial=False)
+    with torch.no_grad():
+        cast.tone.head[-1].bias[9:] = torch.tensor([0.3, 0.0, -0.3])  # warm: red up, blue down
+    restorer, plain = Restorer(cast, tile=128, overlap=32), Restorer(network, tile=128, overlap=32)
+    restored, _, _ = restorer.restore(muted, scratch="off", colour="restore")
+    kept, _, _ = restorer.restore(muted, scratch="off")
+    shift = (_chroma(restored) - _chroma(plain.restore(muted, scratch="off", colour="restore")[0])).mean((0, 1))
+    assert shift[0] > 25 and shift[1] < -35, "restore shows the model's cast"
+    assert np.abs(_chroma(kept) - _chroma(plain.restore(muted, scratch="off")[0])).max() <= 2, "keep does not"
+    assert np.abs(_luma(kept) - _luma(restored)).max() <= 1, "the restored luminance, to rounding"
+    # The original's colours, smoothed: close to its blurred chroma, with little of its grain left.
+    original = _chroma(muted).astype(np.float32)
+    assert np.abs(_chroma(kept) - cv2.blur(original, (21, 21))).mean() < 2
+    grain = lambda c: (c - cv2.blur(c.astype(np.float32), (15, 15))).std()  # noqa: E731
+    assert grain(_chroma(kept)) < 0.3 * grain(original)
+    assert psnr(kept, Restorer(cast, tile=None).restore(muted, scratch="off")[0]) > 50, "one filter for the whole photo"
+    with pytest.raises(ValueError, match="colour must be"):
+        restorer.restore(muted, colour="sepia")
+
+
+def test_kept_colours_are_upsampled_band_by_band_as_the_whole_map(monkeypatch):
+    monkeypatch.setattr(colour, "BAND", 16)
+    torch.manual_seed(0)
+    restored = torch.rand(1, 3, 70, 45) * 2 - 1
+    coefficients = torch.randn(1, 4, *colour.filter_size(70, 45))
+    kept = colour.keep_colours(restored.clone(), coefficients)
+    a, b = torch.nn.functional.interpolate(coefficients, (70, 45), mode="bilinear", align_corners=False).split(2, 1)
+    y = luminance(restored)
+    assert torch.allclose(luminance(kept), y, atol=1e-5)
+    assert torch.allclose(torch.cat([kept[:, :1], kept[:, 2:]], 1) - y, a * y + b, atol=1e-5)
