@@ -257,7 +257,12 @@ class ScratchTrainer(StageTrainer):
     stage = "scratch"
 
     def build(self) -> dict[str, nn.Module]:
-        return {"detector": ScratchDetector(self.config.scratch)}
+        start = self.frozen.get("restorer")  # a restorer to fine-tune the detector of, else a new one
+        if start is None:
+            return {"detector": ScratchDetector(self.config.scratch)}
+        if start.config.scratch != self.config.scratch:
+            raise ValueError("the init restorer's scratch detector has another configuration than this training's")
+        return {"detector": copy.deepcopy(start.scratch).requires_grad_(True)}
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         with self.autocast():

@@ -139,12 +139,13 @@ def scratches(image: Image, rng: np.random.Generator, count: int, width: float =
 
 
 def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6, width: float = 1.0,
-           length: float = 0.5, jaggedness: float = 0.25, flakes: float = 0.3) -> tuple[Image, Mask]:
+           length: float = 0.5, jaggedness: float = 0.25, flakes: float = 0.3, relief: float = 0.0) -> tuple[Image, Mask]:
     """Branching crack networks as in cracked emulsion: bright, jagged, forking lines.
 
     count networks, each a trunk of `length` times the diagonal with up to `branches` forks (which fork
     again), turning by `jaggedness` radians per step; `flakes` is the chance per fork that a chip of
-    emulsion around it is lost too.
+    emulsion around it is lost too. `relief` (0-1): the opacity of a dark edge along one side of every
+    crack, as where a cracked print's emulsion lifts and casts a shadow; masked with the crack.
     """
     h, w = image.shape[:2]
     diagonal = float(np.hypot(h, w))
@@ -168,7 +169,15 @@ def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6
                 todo.append((at, heading + side * rng.uniform(0.4, 1.3), reach * rng.uniform(0.25, 0.6), depth + 1))
                 if rng.random() < flakes:
                     _flake(layer, rng, at, width)
-    return _apply_layers(image, rng, layer, np.zeros_like(layer))
+    out, mask = _apply_layers(image, rng, layer, np.zeros_like(layer))
+    if relief > 0:  # the crack's own shape, moved away from the light: the edge beside it
+        angle, distance = rng.uniform(0, 2 * np.pi), 1.0 + 0.75 * width
+        shift = np.float32([[1, 0, np.cos(angle) * distance], [0, 1, np.sin(angle) * distance]])
+        shadow = cv2.multiply(cv2.warpAffine(layer, shift, (w, h), flags=cv2.INTER_LINEAR), relief / _CORE_GAIN)
+        shadow[layer > 0] = 0  # beside the crack only: its own pixels stay as drawn
+        out, edge = _apply_layers(out, rng, np.zeros_like(layer), shadow)
+        mask |= edge
+    return out, mask
 
 
 def _flake(layer: np.ndarray, rng: np.random.Generator, at: np.ndarray, width: float) -> None:

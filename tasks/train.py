@@ -75,6 +75,8 @@ def _read_real(real: str, keys: list[str]) -> list[dict[str, Any]]:
 def _frozen(stage: str, checkpoints: str, init: str | None) -> dict[str, torch.nn.Module]:
     if stage in ("refine", "tone"):  # they start from, or correct, the whole restore path as trained so far
         return {"restorer": build_restorer(checkpoints, tone=False, init=init)}
+    if stage == "scratch" and init:  # fine-tunes the init's detector
+        return {"restorer": load_restorer(init)}
     if stage != "mapping":
         return {}
     frozen = {}

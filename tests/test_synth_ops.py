@@ -106,6 +106,17 @@ def test_cracks_branch():
     assert skeleton_points > 200 and count - 1 <= 3, "a connected, forking network rather than dots"
 
 
+def test_cracks_with_relief_cast_a_masked_shadow_on_one_side():
+    flat = np.full((256, 256, 3), 120, np.uint8)
+    plain_out, plain = run("cracks", flat, 5, count=2, width=2.0, flakes=0.0)
+    out, mask = run("cracks", flat, 5, count=2, width=2.0, flakes=0.0, relief=0.5)
+    assert np.array_equal(out[plain], plain_out[plain]), "the same cracks"
+    shadow = mask & ~plain
+    assert 0.3 * plain.sum() < shadow.sum() < 1.5 * plain.sum(), "an edge beside the crack, not a second crack"
+    assert out[shadow].mean() < 110 < 120, "darker than the print"
+    assert not ((out != flat).any(axis=2) & ~mask).any(), "the shadow is masked"
+
+
 def test_gaussian_noise_has_the_requested_sigma():
     flat = np.full((256, 256, 3), 128, np.uint8)
     out = run("gaussian_noise", flat, 0, sigma=10.0)

@@ -266,6 +266,13 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     assert not torch.equal(fine["tone.head.0.weight"], triplet["tone.head.0.weight"])
     with pytest.raises(ValueError, match="networks of another configuration"):
         build_restorer(str(tmp_path / "tuned"), init=DEFAULT_MODEL)  # the shipped model is not tiny
+    # With an init, the scratch stage fine-tunes the init's detector: Adam moves each weight by at most
+    # about the learning rate a step, where a new detector would differ entirely.
+    sharper = train(pairs, None, TINY, stages=["scratch"], checkpoints=str(tmp_path / "detector"), init=result["uri"],
+                    model_name="test-detector")
+    detector = load_restorer(sharper["uri"]).state_dict()
+    moved = max((detector[k] - v).abs().max().item() for k, v in triplet.items() if k.startswith("scratch.") and v.is_floating_point())
+    assert 0 < moved <= 1.5 * TINY.train.steps * TINY.train.lr
 
 
 def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, tracking, tmp_path):
