@@ -127,7 +127,8 @@ class Restorer:
             out = luminance(out)
         elif colour == "keep":
             size = filter_size(h, w)
-            out = keep_colours(out, chroma_coefficients(self._small(rgb[:h, :w], scale, size).cpu(), F.interpolate(out, size, mode="area")))
+            original = self._small(rgb[:h, :w], scale, size).cpu()
+            out = keep_colours(out, chroma_coefficients(original, F.interpolate(out, size, mode="area")))
         restored = out[0].permute(1, 2, 0).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
         restored = restored[..., 0] if pixels.ndim == 2 else restored
         if alpha is not None:
