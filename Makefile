@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python -m oldphoto.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth.py
