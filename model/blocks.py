@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+BAND = 256  # rows of a full-size map made at a time from a coarse one (upsampled_bands)
 
 
 def conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -33,3 +38,20 @@ class ResidualBlock(nn.Module):
 def luminance(image: torch.Tensor) -> torch.Tensor:
     """B x 3 x H x W -> B x 1 x H x W (Rec. 601 weights): what the scratch detector sees."""
     return 0.299 * image[:, :1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]
+
+
+def upsampled_bands(coarse: torch.Tensor, height: int, width: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, the map for those rows) for bands of BAND rows of coarse (B x C x h x w) upsampled to
+    height x width: together F.interpolate(coarse, (height, width), mode="bilinear",
+    align_corners=False), without ever holding the full-size map."""
+    cells = coarse.shape[2]
+    source = ((torch.arange(height, dtype=torch.float64) + 0.5) * (cells / height) - 0.5).clamp_(min=0)
+    lo = source.floor().long().clamp_(max=cells - 1)
+    hi = (lo + 1).clamp_(max=cells - 1)
+    weight = (source - lo).to(coarse)[:, None]
+    lo, hi = lo.to(coarse.device), hi.to(coarse.device)
+    for top in range(0, height, BAND):
+        rows = slice(top, top + BAND)
+        down = coarse[:, :, lo[rows]] * (1 - weight[rows]) + coarse[:, :, hi[rows]] * weight[rows]
+        # Across the width a band's samples are the whole map's: F.interpolate's own mapping.
+        yield rows, F.interpolate(down, (down.shape[2], width), mode="bilinear", align_corners=False)

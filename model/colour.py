@@ -14,12 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .blocks import luminance
+from .blocks import luminance, upsampled_bands
 
 SCALE = 4  # the filter runs on images 4x smaller: colour is smooth, and this keeps it cheap
 RADIUS = 2  # box radius at that scale: windows of 5 x 5, about 20 x 20 pixels of the photo
 EPS = 4e-3  # regularisation, in [-1, 1] units squared: 1e-3 in [0, 1], a luminance std of about 0.03
-BAND = 256  # rows written at a time: no full-size map of the filter's coefficients is held
 
 
 def filter_size(height: int, width: int) -> tuple[int, int]:
@@ -50,28 +49,12 @@ def chroma_coefficients(original_small: torch.Tensor, restored_small: torch.Tens
     return torch.cat([_box(a), _box(b)], 1)
 
 
-def _bilinear(size: int, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices and weights of linear upsampling from cells to size samples, as F.interpolate
-    (align_corners False) does it: sample i is (1 - w) * cell[lo] + w * cell[hi]."""
-    source = ((torch.arange(size, dtype=torch.float64) + 0.5) * (cells / size) - 0.5).clamp_(min=0)
-    lo = source.floor().long().clamp_(max=cells - 1)
-    hi = (lo + 1).clamp_(max=cells - 1)
-    return lo, hi, (source - lo).float()
-
-
 def keep_colours(restored: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     """restored (B x 3 x H x W, [-1, 1]) with its chroma replaced, in place, by the coefficients'
-    a * Y + b (Y its own luminance), the coefficients upsampled bilinearly a band of rows at a time:
-    the same as F.interpolate of the whole map, without holding it."""
-    h, w = restored.shape[-2:]
-    rows_lo, rows_hi, rows_w = _bilinear(h, coefficients.shape[2])
-    for top in range(0, h, BAND):
-        band = slice(top, top + BAND)
-        weight = rows_w[band][:, None]
-        down = coefficients[:, :, rows_lo[band]] * (1 - weight) + coefficients[:, :, rows_hi[band]] * weight
-        # Across the width the band's samples are the whole image's: F.interpolate's own mapping.
-        a, b = F.interpolate(down, (down.shape[2], w), mode="bilinear", align_corners=False).split(2, 1)
-        part = restored[:, :, band]
+    a * Y + b (Y its own luminance), the coefficients upsampled bilinearly a band of rows at a time."""
+    for rows, band in upsampled_bands(coefficients, *restored.shape[-2:]):
+        a, b = band.split(2, 1)
+        part = restored[:, :, rows]
         y = luminance(part)
         red, blue = (y + a * y + b).split(1, 1)  # Y + (R - Y), Y + (B - Y)
         part[:, :1], part[:, 2:] = red, blue

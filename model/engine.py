@@ -122,12 +122,13 @@ class Restorer:
 
         out = self._blended(tensor, tiles, 3, restore_tile)[..., :h, :w]
         if self.network.tone is not None:
-            out = self.network.tone(self._small(rgb[:h, :w], scale, (THUMBNAIL, THUMBNAIL)), out.to(self.device)).cpu()
+            thumb = self._small(rgb[:h, :w], scale, (THUMBNAIL, THUMBNAIL)).to(self.device)
+            out = self.network.tone(thumb, out.to(self.device)).cpu()
         if pixels.ndim == 2:  # gray in, gray out: the luminance the network restored
             out = luminance(out)
         elif colour == "keep":
             size = filter_size(h, w)
-            original = self._small(rgb[:h, :w], scale, size).cpu()
+            original = self._small(rgb[:h, :w], scale, size)
             out = keep_colours(out, chroma_coefficients(original, F.interpolate(out, size, mode="area")))
         restored = out[0].permute(1, 2, 0).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
         restored = restored[..., 0] if pixels.ndim == 2 else restored
@@ -144,7 +145,7 @@ class Restorer:
         its own dtype, never a full-size float copy."""
         small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
         small = small.reshape(*size, -1) * (2 / scale) - 1
-        return torch.from_numpy(small).permute(2, 0, 1)[None].expand(1, 3, -1, -1).to(self.device)
+        return torch.from_numpy(small).permute(2, 0, 1)[None].expand(1, 3, -1, -1)
 
     def _blended(self, tensor, tiles: list[tuple[int, int, int, int]], channels: int, run) -> torch.Tensor:
         """run(tile, region) on every tile; the results blended into one image of `channels` channels."""

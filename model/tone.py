@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import upsampled_bands
+
 THUMBNAIL = 64
 QUANTILES = (0.02, 0.5, 0.98)
 STATISTICS = 3 * (2 + len(QUANTILES))  # per channel: mean, standard deviation and the quantiles
-BAND = 256  # rows the light field is applied to at a time: its full-size map is never held
 
 
 def thumbnail(image: torch.Tensor) -> torch.Tensor:
@@ -30,11 +31,6 @@ def channel_statistics(thumb: torch.Tensor) -> torch.Tensor:
     flat = thumb.flatten(2)
     quantiles = torch.quantile(flat, torch.tensor(QUANTILES, device=flat.device), dim=2).permute(1, 2, 0)
     return torch.cat([flat.mean(2), flat.std(2), quantiles.flatten(1)], 1)
-
-
-def _interpolation(size: int, cells: int) -> torch.Tensor:
-    """size x cells weights of bilinear upsampling (align_corners False) from cells to size samples."""
-    return F.interpolate(torch.eye(cells)[None], size, mode="linear", align_corners=False)[0].T
 
 
 class ToneCorrection(nn.Module):
@@ -71,14 +67,10 @@ class ToneCorrection(nn.Module):
         out = torch.einsum("bij,bjhw->bihw", matrix, restored.float()) + offset[:, :, None, None]
         if field is None:
             return out
-        h, w = out.shape[-2:]
-        rows = _interpolation(h, field.shape[2]).to(field)
-        columns = _interpolation(w, field.shape[3]).to(field)
-        across = torch.einsum("bcgk,wk->bcgw", field, columns)  # interpolated along the width
         # In place when no gradient is kept (inference): one full-size image in memory, not two.
         result = out if not torch.is_grad_enabled() else torch.empty_like(out)
-        for top in range(0, h, BAND):
-            gain, shift = torch.einsum("hg,bcgw->bchw", rows[top : top + BAND], across).split([1, 3], 1)
+        for rows, band in upsampled_bands(field, *out.shape[-2:]):
+            gain, shift = band.split([1, 3], 1)
             # Light multiplies intensity, (x + 1) / 2, so the gain pivots on black: (x + 1)(1 + g) - 1 + shift.
-            result[:, :, top : top + BAND] = out[:, :, top : top + BAND] * (1 + gain) + (gain + shift)
+            result[:, :, rows] = out[:, :, rows] * (1 + gain) + (gain + shift)
         return result

@@ -36,7 +36,7 @@ from oldphoto.model.metrics import mask_scores_from_counts, quality
 from oldphoto.pairs import read_shard
 from oldphoto.sheets import labelled_grid
 from oldphoto.synth import DegradationConfig
-from oldphoto.tasks.restore import DEFAULT_MODEL, restorer_for
+from oldphoto.tasks.restore import DEFAULT_MODEL, Colour, restorer_for
 
 METHODS = ("degraded", "nlm", "nlm_telea", "nlm_telea_truth", "model", "compare")
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
@@ -49,8 +49,7 @@ class EvaluateConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...")
     compare: str | None = Field(None, description="a second restorer, scored and shown beside the model")
     scratch: Literal["auto", "on", "off"] = "auto"
-    colour: Literal["keep", "restore"] = Field("keep", description="keep: the original's colours on the restored "
-                                                "luminance; restore: the model's colours too (it may cast them on real prints)")
+    colour: Colour = "keep"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     tile: int = Field(512, ge=64)

@@ -20,7 +20,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -53,14 +53,17 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 
 
+Colour = Annotated[Literal["keep", "restore"], Field(description="keep: the original's colours on the restored "
+                    "luminance; restore: the model's colours too (it may cast them on real prints)")]
+
+
 class RestoreConfig(BaseModel):
     """How an archive is restored; the defaults run on a laptop with the shipped model."""
 
     model: str | None = Field(None, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...; "
                                                 "none: the registry's champion if there is one, else the shipped model")
     scratch: Literal["auto", "on", "off"] = "auto"
-    colour: Literal["keep", "restore"] = Field("keep", description="keep: the original's colours on the restored "
-                                                "luminance; restore: the model's colours too (it may cast them on real prints)")
+    colour: Colour = "keep"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     tile: int = Field(512, ge=64, description="tile size of the engine: bounds memory whatever the image size")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from oldphoto.model import colour
+from oldphoto.model import blocks, colour
 from oldphoto.model.blocks import luminance
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.engine import Restorer, blend_window, tile_spans
@@ -159,7 +159,7 @@ def test_kept_colours_are_the_originals_on_the_restored_luminance(network, pictu
 
 
 def test_kept_colours_are_upsampled_band_by_band_as_the_whole_map(monkeypatch):
-    monkeypatch.setattr(colour, "BAND", 16)
+    monkeypatch.setattr(blocks, "BAND", 16)
     torch.manual_seed(0)
     restored = torch.rand(1, 3, 70, 45) * 2 - 1
     coefficients = torch.randn(1, 4, *colour.filter_size(70, 45))
