@@ -60,6 +60,10 @@ class Service:
     argv: list[str]
     port: int | None  # the port it listens on, checked free before the start
     url: str  # what a person opens, or connects to
+    needs: str | None = None  # the service it connects to, healthy before this one starts
+
+
+WORKER_MODULES = ("oldphoto.tasks.synth", "oldphoto.tasks.restore", "oldphoto.tasks.evaluate", "oldphoto.model.engine")
 
 
 def _tool(name: str) -> str:
@@ -68,7 +72,7 @@ def _tool(name: str) -> str:
 
 
 def services(c: StackConfig) -> list[Service]:
-    """In start order: each service after the ones it needs."""
+    """The servers, then the workers that connect to them."""
     home = c.home.resolve()
     return [
         Service("prefect-server", [_tool("prefect"), "server", "start", "--host", c.host, "--port", str(c.prefect_port)],
@@ -81,10 +85,12 @@ def services(c: StackConfig) -> list[Service]:
                                    "--dashboard-address", f"{c.host}:{c.dask_dashboard_port}"],
                 c.dask_port, f"{c.dask_dashboard}/status"),
         Service("prefect-worker", [_tool("prefect"), "worker", "start", "--pool", c.work_pool, "--type", "process"],
-                None, f"http://{c.host}:{c.prefect_port}/work-pools/work-pool/{c.work_pool}"),
+                None, f"http://{c.host}:{c.prefect_port}/work-pools/work-pool/{c.work_pool}", needs="prefect-server"),
+        # The workers import the task modules as they start, not in the first flow run (~10 s here).
         Service("dask-workers", [_tool("dask"), "worker", c.dask_address, "--nworkers", str(c.dask_workers),
-                                 "--nthreads", "1", "--host", c.host, "--no-dashboard"],
-                None, c.dask_address),
+                                 "--nthreads", "1", "--host", c.host, "--no-dashboard",
+                                 *(f"--preload={m}" for m in WORKER_MODULES)],
+                None, c.dask_address, needs="dask-scheduler"),
     ]
 
 
@@ -153,22 +159,31 @@ def up(c: StackConfig, log=print) -> None:
                                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_TRACKING_URI": c.mlflow_uri,
                                   # MLflow's job runners (seven processes, for GenAI scorers) do nothing for us.
                                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    todo = []
+    for service in services(c):
+        if _recorded(c, service.name):
+            log(f"{service.name}: already running")
+        elif service.port is not None and _port_in_use(c.host, service.port):
+            raise RuntimeError(f"{service.name}: port {c.host}:{service.port} is in use by another program")
+        else:
+            todo.append(service)
     started: list[str] = []
     try:
-        for service in services(c):
-            if _recorded(c, service.name):
-                log(f"{service.name}: already running")
-                continue
-            if service.port is not None and _port_in_use(c.host, service.port):
-                raise RuntimeError(f"{service.name}: port {c.host}:{service.port} is in use by another program")
-            with open(c.home / "logs" / f"{service.name}.log", "ab") as out:
-                process = subprocess.Popen(service.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env, cwd=c.home, start_new_session=True)
-            record = {"pid": process.pid, "create_time": psutil.Process(process.pid).create_time(), "argv": service.argv}
-            _pid_file(c, service.name).write_text(json.dumps(record))
-            started.append(service.name)
-            _wait_healthy(c, service.name, process)
-            log(f"{service.name}: up, {service.url}")
+        # The servers start together, then their workers together: each start is seconds of imports.
+        for wave in ([s for s in todo if s.needs is None], [s for s in todo if s.needs is not None]):
+            launched = []
+            for service in wave:
+                with open(c.home / "logs" / f"{service.name}.log", "ab") as out:
+                    process = subprocess.Popen(service.argv, stdout=out, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=env, cwd=c.home, start_new_session=True)
+                record = {"pid": process.pid, "create_time": psutil.Process(process.pid).create_time(),
+                          "argv": service.argv}
+                _pid_file(c, service.name).write_text(json.dumps(record))
+                started.append(service.name)
+                launched.append((service, process))
+            for service, process in launched:
+                _wait_healthy(c, service.name, process)
+                log(f"{service.name}: up, {service.url}")
     except BaseException:
         for name in reversed(started):
             _stop(c, name)

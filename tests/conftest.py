@@ -84,6 +84,33 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
+def dask_address(prefect_api, s3_endpoint) -> str:
+    """One local Dask cluster for the run's flows, used as a deployment uses an existing scheduler:
+    a cluster of its own costs a flow run about 8 s here. Started after the Prefect API and the S3
+    endpoint, so that its workers inherit both; they import the task modules as they start."""
+    import dask
+    from distributed import LocalCluster
+
+    from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG
+
+    dask.config.set(LOCAL_CLUSTER_CONFIG)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      preload=["oldphoto.tasks.synth", "oldphoto.tasks.restore", "oldphoto.model.engine"]) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture
+def on_the_cluster(dask_address, monkeypatch) -> str:
+    """The test's flows run on the run's Dask cluster, named by configuration."""
+    from oldphoto.settings import get_settings
+
+    monkeypatch.setenv("OLDPHOTO_DASK_ADDRESS", dask_address)
+    get_settings.cache_clear()
+    yield dask_address
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
 def pairs(tmp_path_factory) -> str:
     """Two shards of 8 small synthetic pairs made from the bundled sample photos."""
     from oldphoto.synth import DegradationConfig

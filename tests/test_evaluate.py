@@ -172,9 +172,9 @@ def test_bad_requests_fail_before_any_work(tmp_path, clean_folder, model):
                                                                  lpips_linear=str(tmp_path / "l.pth")))
 
 
-def test_cli_prints_the_table_and_where_the_results_are(tmp_path, clean_folder, model, capsys):
+def test_cli_prints_the_table_and_where_the_results_are(tmp_path, clean_folder, model, capsys, on_the_cluster):
     code = main(["evaluate", "--model", model, "--clean", str(clean_folder), "--count", "2", "--crop", "40",
-                 "--seed", "9", "--out", str(tmp_path / "cli"), "--workers", "1"])
+                 "--seed", "9", "--out", str(tmp_path / "cli")])
     printed = capsys.readouterr().out
     assert code == 0
     assert "| degraded |" in printed and "| model |" in printed and "Damage mask of the model" in printed
@@ -182,5 +182,5 @@ def test_cli_prints_the_table_and_where_the_results_are(tmp_path, clean_folder, 
     assert len(pq.read_table(io.BytesIO((tmp_path / "cli" / "samples.parquet").read_bytes()))) == 2
     with pytest.raises(SystemExit):  # argparse: --pairs and --clean exclude each other
         main(["evaluate", "--pairs", str(tmp_path), "--clean", str(clean_folder)])
-    assert main(["evaluate", "--model", str(tmp_path / "nope.pt"), "--clean", str(clean_folder), "--workers", "1"]) == 2
+    assert main(["evaluate", "--model", str(tmp_path / "nope.pt"), "--clean", str(clean_folder)]) == 2
     assert "no such weights file" in capsys.readouterr().err

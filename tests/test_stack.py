@@ -132,7 +132,9 @@ def test_up_refuses_a_port_in_use(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        config = stack.StackConfig(home=tmp_path / "stack", prefect_port=taken.getsockname()[1])
-        with pytest.raises(RuntimeError, match=f"prefect-server: port 127.0.0.1:{config.prefect_port} is in use"):
+        config = stack.StackConfig(home=tmp_path / "stack", prefect_port=_free_port(), mlflow_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match=f"mlflow-server: port 127.0.0.1:{config.mlflow_port} is in use"):
             stack.up(config, log=lambda line: None)
     assert not list((config.home / "pids").glob("*.json")), "nothing started, nothing recorded"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", config.prefect_port)) != 0, "not even the service before it"
