@@ -101,17 +101,20 @@ def _border_start(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray,
 def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, dark: np.ndarray) -> tuple[Image, Mask]:
     """Blend the bright and dark opacity layers onto a copy of the image; only their pixels are touched."""
     out = image.copy()
+    w = image.shape[1]
+    flat = out.reshape(-1, 3) if image.ndim == 3 else out.reshape(-1)  # flat indices: faster than (ys, xs)
     for layer, is_bright in ((bright, True), (dark, False)):
         if not cv2.countNonZero(layer):
             continue
         points = cv2.findNonZero(layer)  # several times faster than np.nonzero on sparse layers
         xs, ys = points.reshape(-1, 2).T
+        at = ys * w + xs
         # Anti-aliased thin strokes rarely reach full coverage; lifting the opacity gives them
         # solid cores (as real scratches have) and keeps soft edges.
-        alpha = np.minimum(layer[ys, xs].astype(np.float32) * (_CORE_GAIN / 255.0), 1.0)
+        alpha = np.minimum(layer.reshape(-1)[at].astype(np.float32) * (_CORE_GAIN / 255.0), 1.0)
         color = _color(image, is_bright, rng)
-        pixels = out[ys, xs].astype(np.float32)
-        out[ys, xs] = to_uint8(pixels + (color - pixels) * (alpha[:, None] if image.ndim == 3 else alpha))
+        pixels = flat[at].astype(np.float32)
+        flat[at] = to_uint8(pixels + (color - pixels) * (alpha[:, None] if image.ndim == 3 else alpha))
     return out, (bright > 0) | (dark > 0)
 
 
