@@ -37,11 +37,12 @@ def luminance(image: np.ndarray) -> np.ndarray:
 
 
 def _each_channel(op, image: Image, field: np.ndarray) -> Image:
-    """op(image, field, uint8 out), an HxW float32 field applying to every channel.
+    """op(image, field) to uint8: a field of the image's shape applies pixel for pixel, an HxW
+    field to every channel.
 
-    Channel by channel on the uint8 planes rather than on a field repeated three times: the same
-    values, without a 3-channel float copy (which cost more than the arithmetic itself), and no
-    broadcasting (numpy broadcasts over a last axis of 3 about ten times slower than over equal shapes).
+    The HxW case runs channel by channel on the uint8 planes rather than on a field repeated three
+    times: the same values, without a 3-channel float copy (which cost more than the arithmetic
+    itself), and no broadcasting (numpy broadcasts over a last axis of 3 about ten times slower).
     """
     field = field.astype(np.float32, copy=False)
     if image.ndim == 2 or field.ndim == image.ndim:
