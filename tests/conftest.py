@@ -87,15 +87,16 @@ def prefect_api():
 def dask_address(prefect_api, s3_endpoint) -> str:
     """One local Dask cluster for the run's flows, used as a deployment uses an existing scheduler:
     a cluster of its own costs a flow run about 8 s here. Started after the Prefect API and the S3
-    endpoint, so that its workers inherit both; they import the task modules as they start."""
+    endpoint, so that its workers inherit both; they import the task modules as the stack's do."""
     import dask
     from distributed import LocalCluster
 
     from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG
+    from oldphoto.stack import WORKER_MODULES
 
     dask.config.set(LOCAL_CLUSTER_CONFIG)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      preload=["oldphoto.tasks.synth", "oldphoto.tasks.restore", "oldphoto.model.engine"]) as cluster:
+                      preload=list(WORKER_MODULES)) as cluster:
         yield cluster.scheduler_address
 
 
