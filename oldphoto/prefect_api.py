@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.logging.handlers import APILogHandler
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
 
 @contextmanager
@@ -25,7 +25,11 @@ def prefect_api(startup_timeout: int = 90) -> Iterator[str | None]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    server.start(timeout=startup_timeout)
+    # A temporary API serves one run and goes: its telemetry heartbeat only fails (and logs an ERROR
+    # on every run) on the offline machines archives often use. A user's explicit setting wins.
+    analytics = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    with temporary_settings(analytics):
+        server.start(timeout=startup_timeout)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):

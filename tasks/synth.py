@@ -149,6 +149,10 @@ def check_destination(dst: str, dataset_fingerprint: str) -> None:
 
 @task
 def write_manifest(dst: str, manifest: dict[str, Any]) -> str:
+    """Write the manifest, unless the same bytes are there: a rerun that skips every shard then
+    changes nothing in dst (no new object, nor a new version in a versioned bucket)."""
     url = storage.join(dst, "manifest.json")
-    storage.write_bytes_atomic(url, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    if not (storage.exists(url) and storage.read_bytes(url) == data):
+        storage.write_bytes_atomic(url, data)
     return url
