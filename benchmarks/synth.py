@@ -1,5 +1,6 @@
 """Synthesis speed at 512x512: our degradation against the paper's v2 recipe written plainly, per core,
-then end to end (encoding + Parquet) and the Dask flow on 1 and 2 workers.
+then end to end (encoding + Parquet) and the Dask flow on 1 and 2 workers, with the CPU that its
+workers and its orchestration (flow process, scheduler, Prefect API) use.
 
     .venv/bin/python benchmarks/synth.py [--images DIR] [--samples N] [--shard-size K] [--rounds R]
 """
@@ -141,7 +142,20 @@ def main() -> None:
     # would use one: a small warm-up run first (worker start-up is not throughput), then the measure.
     # The pair is measured --rounds times in turn, as this machine's speed drifts by 10-20% over a run.
     config = SynthConfig(count=args.samples, seed=0, crop=SIZE, shard_size=args.shard_size)
-    ratios = []
+    import psutil
+
+    def cpu_seconds() -> dict[str, float]:
+        """CPU seconds so far of this (flow) process, the temporary Prefect API and the workers."""
+        used = {"flow": sum(psutil.Process().cpu_times()[:2]), "api": 0.0, "workers": 0.0}
+        for child in psutil.Process().children(recursive=True):
+            try:
+                kind = "api" if "uvicorn" in child.cmdline() else "workers"
+                used[kind] += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                pass
+        return used
+
+    ratios, orchestration, worker_cpu = [], {}, {}
     with tempfile.TemporaryDirectory() as folder, prefect_api():
         source = Path(folder) / "src"
         source.mkdir()
@@ -153,10 +167,17 @@ def main() -> None:
                 with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
                     run = synthesize.with_options(task_runner=dask_runner(address=cluster.scheduler_address))
                     run(str(source), str(Path(folder) / f"warm{round_}-{workers}"), config.model_copy(update={"count": 2 * workers, "shard_size": 1}))
-                    speeds[workers] = run(str(source), str(Path(folder) / f"out{round_}-{workers}"), config)["samples_per_second"]
+                    before = cpu_seconds()
+                    summary = run(str(source), str(Path(folder) / f"out{round_}-{workers}"), config)
+                    used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds().items()}
+                    speeds[workers] = summary["samples_per_second"]
+                    orchestration[workers] = (used["flow"] + used["api"]) / (os.cpu_count() * summary["seconds"])
+                    worker_cpu[workers] = used["workers"]
             ratios.append(speeds[2] / speeds[1])
             print(f"Dask flow, round {round_ + 1}: 1 worker {speeds[1]:6.1f} samples/s, "
-                  f"2 workers {speeds[2]:6.1f} samples/s = {ratios[-1]:.2f}x", flush=True)
+                  f"2 workers {speeds[2]:6.1f} samples/s = {ratios[-1]:.2f}x; workers' CPU {worker_cpu[1]:.1f} / "
+                  f"{worker_cpu[2]:.1f} s; orchestration (flow process with the scheduler, Prefect API) "
+                  f"{orchestration[1]:.0%} / {orchestration[2]:.0%} of the cores' time", flush=True)
     print(f"Dask flow, 2 workers against 1, median of {args.rounds} rounds: {statistics.median(ratios):.2f}x")
 
 if __name__ == "__main__":
