@@ -45,6 +45,11 @@ class ScratchConfig(_Strict):
     depth: int = Field(3, ge=1, description="downsamplings of the U-Net")
     threshold: float = Field(0.4, gt=0, lt=1, description="on the sigmoid, as the reference detector")
     scale: int = Field(1, ge=1, description="detect on the photo downscaled by this factor, then upsample the logits")
+    reference_size: int | None = Field(
+        None, ge=16, description="short side of the photos the detector learned on: a larger photo is also "
+        "searched halved, and halved again while its short side stays at least this, each pixel keeping its "
+        "most probable level, so that damage is found at the widths it was learned at; None: the photo's "
+        "own resolution only")
 
 
 class DiscriminatorConfig(_Strict):
@@ -119,7 +124,7 @@ PRESETS: dict[str, ModelConfig] = {
         name="default",
         vae=VAEConfig(channels=12, stem_kernel=3),
         mapping=MappingConfig(channels=64, blocks=1, key_stride=2),
-        scratch=ScratchConfig(channels=8, scale=2),
+        scratch=ScratchConfig(channels=8, scale=2, reference_size=256),
     ),
     # For tests: a few steps in seconds on a CPU.
     "tiny": ModelConfig(

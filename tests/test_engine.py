@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,8 +13,10 @@ import torch
 from oldphoto.model import blocks, colour
 from oldphoto.model.blocks import luminance
 from oldphoto.model.config import ModelConfig
-from oldphoto.model.engine import Restorer, blend_window, tile_spans
+from oldphoto.model.engine import Restorer, blend_window, detection_levels, tile_spans
 from oldphoto.model.restorer import RestorerNetwork
+
+SAMPLES = Path(__file__).resolve().parents[1] / "oldphoto" / "samples"
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -168,3 +171,31 @@ def test_kept_colours_are_upsampled_band_by_band_as_the_whole_map(monkeypatch):
     y = luminance(restored)
     assert torch.allclose(luminance(kept), y, atol=1e-5)
     assert torch.allclose(torch.cat([kept[:, :1], kept[:, 2:]], 1) - y, a * y + b, atol=1e-5)
+
+
+def test_detection_levels_follow_the_short_side():
+    assert [detection_levels(h, w, 256) for h, w in [(256, 256), (300, 511), (512, 512), (3000, 4000)]] == [1, 1, 2, 4]
+    assert detection_levels(3000, 4000, None) == 1
+
+
+def test_damage_on_an_enlarged_print_is_found_as_on_the_print_itself():
+    """The shipped detector learned on 256 px photos: on the same print enlarged 4x its damage is 4x
+    wider, and only the search at halved resolutions finds it as well as at 256 px."""
+    from oldphoto.models import load_restorer
+    from oldphoto.synth.damage import scratches
+    from oldphoto.tasks.restore import DEFAULT_MODEL
+
+    photo = cv2.cvtColor(cv2.imread(str(SAMPLES / "camera.jpg")), cv2.COLOR_BGR2RGB)
+    damaged, truth = scratches(cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA),
+                               np.random.default_rng(1), count=8, width=1.5)
+
+    def f1(factor, reference_size):
+        network = load_restorer(DEFAULT_MODEL)
+        network.config.scratch.reference_size = reference_size
+        _, mask, _ = Restorer(network).restore(cv2.resize(damaged, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC))
+        true = cv2.resize(truth.astype(np.uint8), None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) > 0
+        return 2 * (mask & true).sum() / (mask.sum() + true.sum())
+
+    assert load_restorer(DEFAULT_MODEL).config.scratch.reference_size == 256
+    as_printed, searched, native = f1(1, 256), f1(4, 256), f1(4, None)
+    assert as_printed > 0.5 and abs(searched - as_printed) < 0.05 and native < as_printed / 2, (as_printed, searched, native)
