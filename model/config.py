@@ -124,7 +124,7 @@ PRESETS: dict[str, ModelConfig] = {
         name="default",
         vae=VAEConfig(channels=12, stem_kernel=3),
         mapping=MappingConfig(channels=64, blocks=1, key_stride=2),
-        scratch=ScratchConfig(channels=8, scale=2, reference_size=256),
+        scratch=ScratchConfig(channels=8, scale=2),
     ),
     # For tests: a few steps in seconds on a CPU.
     "tiny": ModelConfig(
