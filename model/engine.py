@@ -2,8 +2,8 @@
 
 Two passes over the same tiles: scratch detection (probabilities blended, then thresholded into one
 mask for the whole image; with the detector's reference size set, a photo larger than those it
-learned on is searched at halved resolutions too), then global restoration of each tile with its part of the mask (the
-partial non-local block attends within the tile's latent grid). Where tiles overlap, outputs are
+learned on is searched at halved resolutions too), then global restoration of each tile with its
+part of the mask (the partial non-local block attends within the tile's latent grid). Where tiles overlap, outputs are
 blended with weights that ramp down towards each tile's edges, so no seam shows. Only the tile being
 computed is held as float tensors; the image itself stays in its own dtype. Last, when the model
 has one, the tone correction (a colour transform and a smooth light field for the whole photo)
@@ -123,8 +123,9 @@ class Restorer:
 
             probability = self._blended(tensor, tiles, 1, detect)
             # A photo larger than those the detector learned on shows its damage wider: search it
-            # at halved resolutions too (measured on the validation pairs enlarged 2x and 4x: F1
-            # 0.816 and 0.813 so, against 0.597 and 0.003 at the photo's resolution alone).
+            # at halved resolutions too (validation pairs enlarged 2x and 4x: F1 0.816 and 0.813 so,
+            # against 0.597 and 0.003 at their own resolution). Thin damage on a large photo gets
+            # wide marks from the coarse levels, hence opt-in per bundle (MODEL_CARD.md, Limits).
             for level in range(1, detection_levels(h, w, self.network.config.scratch.reference_size)):
                 small = cv2.resize(rgb[:h, :w], (-(-w // 2**level), -(-h // 2**level)), interpolation=cv2.INTER_AREA)
                 small = self._padded(small.reshape(*small.shape[:2], -1))
