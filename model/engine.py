@@ -3,9 +3,10 @@
 Two passes over the same tiles: scratch detection (probabilities blended, then thresholded into one
 mask for the whole image; with the detector's reference size set, a photo larger than those it
 learned on is searched at halved resolutions too), then global restoration of each tile with its
-part of the mask (the partial non-local block attends within the tile's latent grid). Where tiles overlap, outputs are
-blended with weights that ramp down towards each tile's edges, so no seam shows. Only the tile being
-computed is held as float tensors; the image itself stays in its own dtype. Last, when the model
+part of the mask (the partial non-local block attends within the tile's latent grid). Where tiles
+overlap, outputs are blended with weights that ramp down towards each tile's edges, so no seam
+shows. Only the tile being computed is held as float tensors; the image itself stays in its own
+dtype. Last, when the model
 has one, the tone correction (a colour transform and a smooth light field for the whole photo)
 predicted from thumbnails of the input and the output; and, unless asked to restore colour too, the
 original's own colours on the restored luminance (model/colour.py).
