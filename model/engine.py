@@ -6,10 +6,9 @@ learned on is searched at halved resolutions too), then global restoration of ea
 part of the mask (the partial non-local block attends within the tile's latent grid). Where tiles
 overlap, outputs are blended with weights that ramp down towards each tile's edges, so no seam
 shows. Only the tile being computed is held as float tensors; the image itself stays in its own
-dtype. Last, when the model
-has one, the tone correction (a colour transform and a smooth light field for the whole photo)
-predicted from thumbnails of the input and the output; and, unless asked to restore colour too, the
-original's own colours on the restored luminance (model/colour.py).
+dtype. Last, when the model has one, the tone correction (a colour transform and a smooth light
+field for the whole photo) predicted from thumbnails of the input and the output; and, unless asked
+to restore colour too, the original's own colours on the restored luminance (model/colour.py).
 """
 
 from __future__ import annotations
