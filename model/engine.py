@@ -127,10 +127,11 @@ class Restorer:
             # against 0.597 and 0.003 at their own resolution). Thin damage on a large photo gets
             # wide marks from the coarse levels, hence opt-in per bundle (MODEL_CARD.md, Limits).
             for level in range(1, detection_levels(h, w, self.network.config.scratch.reference_size)):
-                small = cv2.resize(rgb[:h, :w], (-(-w // 2**level), -(-h // 2**level)), interpolation=cv2.INTER_AREA)
-                small = self._padded(small.reshape(*small.shape[:2], -1))
-                coarse = self._blended(tensor_of(small), self._tiles(*small.shape[:2]), 1, detect)
-                coarse = F.interpolate(coarse[..., : -(-h // 2**level), : -(-w // 2**level)], (h, w), mode="bilinear", align_corners=False)
+                sh, sw = -(-h // 2**level), -(-w // 2**level)
+                small = cv2.resize(rgb[:h, :w], (sw, sh), interpolation=cv2.INTER_AREA).reshape(sh, sw, -1)
+                small = self._padded(small)
+                coarse = self._blended(tensor_of(small), self._tiles(*small.shape[:2]), 1, detect)[..., :sh, :sw]
+                coarse = F.interpolate(coarse, (h, w), mode="bilinear", align_corners=False)
                 probability[..., :h, :w] = torch.maximum(probability[..., :h, :w], coarse)
             mask = probability > self.network.config.scratch.threshold
         global_tiles = 0

@@ -189,9 +189,10 @@ def test_damage_on_an_enlarged_print_is_found_as_on_the_print_itself():
     damaged, truth = scratches(cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA),
                                np.random.default_rng(1), count=8, width=1.5)
 
+    network = load_restorer(DEFAULT_MODEL)
+
     def f1(factor, reference_size):
-        network = load_restorer(DEFAULT_MODEL)
-        network.config.scratch.reference_size = reference_size
+        network.config.scratch.reference_size = reference_size  # read by the Restorer's copy
         _, mask, _ = Restorer(network).restore(cv2.resize(damaged, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC))
         true = cv2.resize(truth.astype(np.uint8), None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) > 0
         return 2 * (mask & true).sum() / (mask.sum() + true.sum())
