@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from oldphoto import storage
-from oldphoto.model.config import DIRECT, OPTIONAL_STAGES, STAGES, ModelConfig
+from oldphoto.model.config import DIRECT, DISTILL, OPTIONAL_STAGES, ORDER, STAGES, ModelConfig
 from oldphoto.models import REGISTERED_NAME, load_restorer
 from oldphoto.settings import get_settings
 from oldphoto.tasks.train import checkpoint_url, close_runs, open_runs, register_restorer, train_stage
@@ -33,12 +33,13 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
     stages that stopped at different steps). init: a restorer (path, URL, MLflow URI) whose parts
     stand in for the stages the checkpoint folder has not trained (refine fine-tunes it, say)."""
     config = config or ModelConfig()
-    known = (*STAGES, DIRECT)
-    unknown = set(stages or []) - set(known)
+    unknown = set(stages or []) - set(ORDER)
     if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(known)}")
-    stages = [s for s in known if s in (stages or STAGES)]  # in dependency order
+        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(ORDER)}")
+    stages = [s for s in ORDER if s in (stages or STAGES)]  # in dependency order
     direct = DIRECT in stages  # the ablation: its restorer is the direct network beside the detector
+    if DISTILL in stages and not init:
+        raise ValueError("the distill stage learns from a teacher: give the restorer to distill as init")
     checkpoints = checkpoints or default_checkpoints(config, pairs, real, init)
     if init:
         load_restorer(init)  # a bad reference fails now, not after the first stages have trained

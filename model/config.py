@@ -15,7 +15,11 @@ STAGES = ("vae_a", "vae_b", "mapping", "scratch", "refine", "tone")
 OPTIONAL_STAGES = ("refine", "tone")
 # The paper's ablation: encoder, mapping and decoder trained end to end on the pairs, no latent spaces.
 DIRECT = "direct"
-Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "direct"]
+# A lighter restore path (this config's) trained to do what a larger restorer (the teacher) does.
+DISTILL = "distill"
+# Every stage in the order that the later ones depend on the earlier.
+ORDER = ("vae_a", "vae_b", "mapping", "scratch", DISTILL, "refine", "tone", DIRECT)
+Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "distill", "refine", "tone", "direct"]
 
 
 class _Strict(BaseModel):
@@ -69,6 +73,9 @@ class LossWeights(_Strict):
     # The restore path's output against the clean photo (mapping and direct): latent L1 alone leaves
     # tone and contrast loosely pinned, and PSNR is what archives compare.
     clean_l1: float = 40.0
+    # distill: the student's output and latents against the teacher's.
+    teacher_l1: float = 40.0
+    teacher_latent_l1: float = 10.0
 
 
 class TrainConfig(_Strict):

@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .blocks import luminance
-from .config import ModelConfig
+from .blocks import ResidualBlock, luminance
+from .config import DISTILL, ModelConfig
 from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
@@ -344,6 +344,83 @@ class RefineTrainer(StageTrainer):
         return [batch["degraded"], self._restore(batch, self.trained["network"]), batch["clean"]]
 
 
+@torch.no_grad()
+def inherit_weights(student: nn.Module, teacher: nn.Module) -> None:
+    """Start a narrower, shallower network from a trained one: each tensor takes the teacher's first
+    channels (the same ones in every layer, so residual sums stay aligned), and a sequence with fewer
+    residual blocks takes the teacher's first blocks, its other layers matched in order."""
+    for name, tensor in [*student.named_parameters(recurse=False), *student.named_buffers(recurse=False)]:
+        source = getattr(teacher, name)
+        tensor.copy_(source[tuple(slice(0, n) for n in tensor.shape)] if tensor.ndim else source)
+    if isinstance(student, nn.Sequential):
+        def split(sequence: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
+            return [m for m in sequence if isinstance(m, ResidualBlock)], [m for m in sequence if not isinstance(m, ResidualBlock)]
+        (student_blocks, student_rest), (teacher_blocks, teacher_rest) = split(student), split(teacher)
+        if len(student_blocks) > len(teacher_blocks) or len(student_rest) != len(teacher_rest):
+            raise ValueError("the student's layers do not follow the teacher's: it may only be narrower and have fewer blocks")
+        pairs = [*zip(student_blocks, teacher_blocks), *zip(student_rest, teacher_rest)]
+    else:
+        pairs = [(child, getattr(teacher, name)) for name, child in student.named_children()]
+    for student_child, teacher_child in pairs:
+        inherit_weights(student_child, teacher_child)
+
+
+def restore_with_latents(path: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The encoder's latent, the mapping's, and the restored image of a restore path."""
+    mean, _ = path.encoder(image)
+    mapped = path.mapping(mean, latent_mask(mask, mean.shape[-2:]))
+    return mean, mapped, path.decoder(mapped)
+
+
+class StudentPath(DirectRestorer):
+    """The restore path being distilled, with its latents (one forward, as DistributedDataParallel wants)."""
+
+    forward = restore_with_latents
+
+
+class DistillTrainer(StageTrainer):
+    """distill: this config's restore path, lighter than the teacher's (the init restorer), trained
+    to do what the teacher does: its output and both latents (the encoder's, the mapping's) on the
+    synthetic pairs and on real old photographs, where the teacher's detector gives the mask, plus
+    the clean photo's L1 on the pairs. The latents keep the student in the teacher's latent spaces,
+    and the real photographs carry over how the teacher treats them (the domain that vae_a aligned).
+    The student starts from the teacher's weights (inherit_weights); the rate decays to zero."""
+
+    stage = DISTILL
+    needs = ("pairs", "real")
+    decays = True
+
+    def build(self) -> dict[str, nn.Module]:
+        teacher = self.frozen["teacher"]
+        if teacher.config.vae.latent_channels != self.config.vae.latent_channels:
+            raise ValueError("the student's latent needs as many channels as the teacher's, whose latents it learns")
+        student = StudentPath(self.config)
+        inherit_weights(student, teacher)
+        return {"network": student}
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        teacher = self.frozen["teacher"]
+        with torch.no_grad(), self.autocast():
+            real_mask = teacher.detect(batch["real"])
+            images = torch.cat([batch["degraded"], batch["real"]])
+            masks = torch.cat([batch["mask"], real_mask])
+            targets = [t.float() for t in restore_with_latents(teacher, images, masks)]
+        with self.autocast():
+            mean, mapped, out = (t.float() for t in self.wrapped["network"](images, masks))
+        n = len(batch["degraded"])
+        l1 = nn.functional.l1_loss
+        terms = {"clean_l1": l1(out[:n], batch["clean"]), "teacher_l1": l1(out, targets[2]),
+                 "teacher_latent_l1": l1(mean, targets[0]) + l1(mapped, targets[1])}
+        total = self._weighted(terms)
+        self._update("network", total)
+        return {"total": total, **terms}
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        teacher = self.frozen["teacher"]
+        return [batch["degraded"], restore_with_latents(teacher, batch["degraded"], batch["mask"])[2],
+                self.trained["network"](batch["degraded"], batch["mask"])[2], batch["clean"]]
+
+
 class ToneTrainer(StageTrainer):
     """tone: the restore path frozen; the tone correction of its output (from thumbnails of the
     degraded photo and the output) should bring the output to the clean photo, in mean squared error."""
@@ -378,8 +455,8 @@ class ToneTrainer(StageTrainer):
 
 
 TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer, "mapping": MappingTrainer,
-                                           "scratch": ScratchTrainer, "refine": RefineTrainer, "tone": ToneTrainer,
-                                           "direct": DirectTrainer}
+                                           "scratch": ScratchTrainer, "distill": DistillTrainer, "refine": RefineTrainer,
+                                           "tone": ToneTrainer, "direct": DirectTrainer}
 
 
 def save_state(state: dict[str, Any]) -> bytes:

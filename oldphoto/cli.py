@@ -171,7 +171,7 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="steps per stage (default: the config's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--init", help="restorer (path, URL, MLflow URI) standing in for the stages the checkpoint folder "
-                                  "lacks: refine fine-tunes it, tone corrects it")
+                                  "lacks: refine fine-tunes it, tone corrects it, distill learns from it")
     p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
 
 
@@ -199,7 +199,7 @@ def stack(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .model.config import DIRECT, STAGES
+    from .model.config import ORDER, STAGES
 
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
@@ -264,14 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
     _add_training_arguments(p)
     p.add_argument("--stages", default=",".join(STAGES),
-                   help="comma-separated stages to train; 'direct' trains and registers the ablation instead")
+                   help="comma-separated stages to train; 'direct' trains and registers the ablation instead; "
+                   "'distill' trains this --config's lighter restore path from the --init restorer")
     p.add_argument("--checkpoints", help="folder or URL for checkpoints (default: one per config and data under OLDPHOTO_HOME)")
     p.add_argument("--model-name", default="oldphoto-restorer", help="registered model name in MLflow")
     p.add_argument("--mlflow-tracking-uri", help="MLflow tracking server or database (default: SQLite under OLDPHOTO_HOME)")
     p.set_defaults(run=train)
 
     p = commands.add_parser("train-stage", help="one stage, no tracking: for torchrun and DistributedDataParallel")
-    p.add_argument("stage", choices=[*STAGES, DIRECT])
+    p.add_argument("stage", choices=ORDER)
     _add_training_arguments(p)
     p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
     p.set_defaults(run=train_stage)

@@ -20,7 +20,7 @@ from prefect.logging import get_run_logger
 
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_rgb
-from oldphoto.model.config import DIRECT, STAGES, ModelConfig
+from oldphoto.model.config import DIRECT, DISTILL, STAGES, ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.device import pick_device, pick_precision
 from oldphoto.model.losses import VGGLoss
@@ -77,6 +77,10 @@ def _frozen(stage: str, checkpoints: str, init: str | None) -> dict[str, torch.n
         return {"restorer": build_restorer(checkpoints, tone=False, init=init)}
     if stage == "scratch" and init:  # fine-tunes the init's detector
         return {"restorer": load_restorer(init)}
+    if stage == DISTILL:
+        if not init:
+            raise ValueError("the distill stage learns from a teacher: give the restorer to distill as init (--init)")
+        return {"teacher": load_restorer(init)}
     if stage != "mapping":
         return {}
     frozen = {}
@@ -232,11 +236,13 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
 
     start = load_restorer(init) if init else None
     start_weights = start.state_dict() if start else {}
-    first = next((state(s) for s in ("scratch", *STAGES, DIRECT) if state(s)), None)
+    first = next((state(s) for s in ("scratch", DISTILL, *STAGES, DIRECT) if state(s)), None)
     config = ModelConfig.model_validate_json(first["config"]) if first else start.config if start else None
     if config is None:
         raise FileNotFoundError(f"{checkpoints} holds no trained stage (and no init restorer was given)")
-    if start and start.config.model_dump(exclude={"train", "name"}) != config.model_dump(exclude={"train", "name"}):
+    # A distilled path is lighter than its teacher (init), which gives the parts around it only.
+    compared = {"scratch"} if state(DISTILL) else {"scratch", "vae", "mapping"}
+    if start and start.config.model_dump(include=compared) != config.model_dump(include=compared):
         raise ValueError(f"init restorer {init} has networks of another configuration than {checkpoints}")
 
     def take(part: str, stage: str, module: str, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -249,9 +255,9 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
         raise FileNotFoundError(f"{checkpoint_url(checkpoints, stage)} is missing: the restorer needs its {stage} stage trained")
 
     weights = take("scratch", "scratch", "detector")
-    if direct:
+    if direct or state(DISTILL):
         for part in ("encoder", "mapping", "decoder"):
-            weights |= take(part, DIRECT, "network", f"{part}.")
+            weights |= take(part, DIRECT if direct else DISTILL, "network", f"{part}.")
     else:
         weights |= take("encoder", "vae_a", "vae", "encoder.")
         if state("refine"):

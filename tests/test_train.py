@@ -19,7 +19,8 @@ from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.model.tone import ToneCorrection
-from oldphoto.model.train import TRAINERS, MappingTrainer, RefineTrainer, ToneTrainer, load_state, save_state
+from oldphoto.model.train import (TRAINERS, DistillTrainer, MappingTrainer, RefineTrainer, StudentPath, ToneTrainer,
+                                  inherit_weights, load_state, restore_with_latents, save_state)
 from oldphoto.model.vae import VAE
 
 TINY = ModelConfig.load("tiny")
@@ -52,10 +53,11 @@ def test_sample_stream_is_seeded_resumable_and_split_across_ranks():
         SampleStream(2, lambda i: [], 0).take(1)
 
 
-@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "direct"])
+@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "distill", "direct"])
 def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     frozen = ({"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else
-              {"restorer": RestorerNetwork(TINY)} if stage == "refine" else None)
+              {"restorer": RestorerNetwork(TINY)} if stage == "refine" else
+              {"teacher": RestorerNetwork(TINY).eval()} if stage == "distill" else None)
     trainer = TRAINERS[stage](TINY, torch.device("cpu"), torch.float32, frozen=frozen)
     stream = _streams(pairs)
     real_stream = SampleStream(1, lambda i: [{"image": np.full((90, 70, 3), 128, np.uint8)}], 0)
@@ -68,7 +70,8 @@ def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     assert trainer.step_count == 3
     grid = trainer.preview(batch)
     rows = 4 if stage == "vae_a" else 2  # vae_a shows its synthetic and its real photos
-    assert grid.dtype == np.uint8 and grid.shape == (rows * 32, 3 * 32, 3)
+    columns = 4 if stage == "distill" else 3  # distill shows the teacher's output beside the student's
+    assert grid.dtype == np.uint8 and grid.shape == (rows * 32, columns * 32, 3)
 
 
 def test_a_tone_checkpoint_from_before_the_light_field_resumes_with_it(pairs):
@@ -127,6 +130,64 @@ def test_refine_fits_mapping_and_decoder_with_the_encoder_frozen_and_a_decaying_
     trained = trainer.trained["network"].state_dict()
     assert not torch.equal(trained["decoder.body.0.weight"], before["decoder.body.0.weight"])
     assert not torch.equal(trained["mapping.head.0.weight"], before["mapping.head.0.weight"])
+
+
+# A student of the tiny model: narrower everywhere, its VAEs without residual blocks.
+NARROW = TINY.model_copy(deep=True)
+NARROW.vae.channels, NARROW.vae.blocks, NARROW.mapping.channels = 4, 0, 8
+
+
+def test_a_student_inherits_the_teachers_first_channels_and_blocks():
+    torch.manual_seed(0)
+    teacher = RestorerNetwork(TINY).eval()
+    for module in teacher.modules():  # batch norm statistics away from their defaults, so that they count
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2)
+    same = StudentPath(TINY)
+    inherit_weights(same, teacher)
+    same.eval()
+    image, mask = torch.rand(2, 3, 32, 32) * 2 - 1, (torch.rand(2, 1, 32, 32) > 0.9).float()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(same(image, mask), restore_with_latents(teacher, image, mask)))
+
+    student = StudentPath(NARROW)
+    inherit_weights(student, teacher)
+    weights, source = student.state_dict(), teacher.state_dict()
+    # The encoder's first convolution: its first 4 filters of 8; the 1x1 mean: all 8 latents, from 16 inputs of 32.
+    assert torch.equal(weights["encoder.body.0.weight"], source["encoder.body.0.weight"][:4])
+    assert torch.equal(weights["encoder.mean.weight"], source["encoder.mean.weight"][:, :16])
+    assert torch.equal(weights["encoder.body.1.running_mean"], source["encoder.body.1.running_mean"][:4])
+    # The decoder has no block: its upsampling convolution (layer 2, after the teacher's block at 1) is the teacher's 3.
+    assert torch.equal(weights["decoder.body.2.weight"], source["decoder.body.3.weight"][:8, :16])
+    assert torch.equal(weights["mapping.tail.0.body.0.weight"], source["mapping.tail.0.body.0.weight"][:8, :8])
+    deeper = TINY.model_copy(deep=True)
+    deeper.vae.blocks = 2
+    with pytest.raises(ValueError, match="only be narrower and have fewer blocks"):
+        inherit_weights(StudentPath(deeper), teacher)
+
+
+def test_distill_fits_the_student_to_the_teacher_which_stays_untouched(pairs):
+    torch.manual_seed(0)
+    config = NARROW.model_copy(deep=True)
+    config.train.lr, config.train.steps = 2e-3, 40
+    config.train.weights.clean_l1 = 0.0  # an untrained teacher's output is far from the clean photo
+    teacher = RestorerNetwork(TINY).eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = DistillTrainer(config, torch.device("cpu"), torch.float32, frozen={"teacher": teacher})
+    batch = pair_batch(_streams(pairs), 4, 32)
+    batch["real"] = batch["clean"].flip(3)  # a second kind of photograph, masked by the teacher's detector
+    first = trainer.step(batch)
+    assert set(first) == {"total", "clean_l1", "teacher_l1", "teacher_latent_l1"}
+    for _ in range(39):
+        last = trainer.step(batch)
+    assert last["teacher_l1"] < 0.5 * first["teacher_l1"], (first, last)
+    assert last["teacher_latent_l1"] < 0.5 * first["teacher_latent_l1"], (first, last)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    other = NARROW.model_copy(deep=True)
+    other.vae.latent_channels = 4
+    with pytest.raises(ValueError, match="as many channels as the teacher"):
+        DistillTrainer(other, torch.device("cpu"), torch.float32, frozen={"teacher": teacher})
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -274,6 +335,38 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     weights = [f"scratch.{name}" for name, _ in detector.scratch.named_parameters()]  # not batch norm's statistics
     moved = max((detector.state_dict()[k] - triplet[k]).abs().max().item() for k in weights)
     assert 0 < moved <= 1.5 * TINY.train.steps * TINY.train.lr
+
+
+def test_distilling_a_restorer_registers_the_lighter_path_with_the_teachers_detector(prefect_api, pairs, real, tracking,
+                                                                                   tmp_path, photo):
+    from oldphoto.flows.train import train
+    from oldphoto.model.engine import Restorer
+    from oldphoto.models import load_restorer
+
+    teacher = RestorerNetwork(TINY).with_tone().eval()
+    torch.save(teacher.bundle(), tmp_path / "teacher.pt")
+    with pytest.raises(ValueError, match="learns from a teacher"):
+        train(pairs, real, NARROW, stages=["distill"], checkpoints=str(tmp_path / "alone"))
+    assert not (tmp_path / "alone").exists()
+    folder = tmp_path / "light"
+    result = train(pairs, real, NARROW, stages=["distill"], checkpoints=str(folder), init=str(tmp_path / "teacher.pt"),
+                   model_name="test-light")
+    light = load_restorer(result["uri"])
+    assert light.config == NARROW and light.tone is not None
+    weights, source = light.state_dict(), teacher.state_dict()
+    assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in teacher.parameters())
+    assert all(torch.equal(weights[k], v) for k, v in _weights(folder / "distill.pt")["network"].items())
+    assert all(torch.equal(weights[k], v) for k, v in source.items() if k.startswith(("scratch.", "tone.")))
+    restored, _, _ = Restorer(light).restore(photo)
+    assert restored.shape == photo.shape and restored.std() > 0
+    # The tone correction trained again, on the student's output: distill is done and not retrained.
+    tuned = train(pairs, real, NARROW, stages=["distill", "tone"], checkpoints=str(folder), init=str(tmp_path / "teacher.pt"),
+                  model_name="test-light")
+    assert [(s["stage"], s["resumed_at"], s["steps"]) for s in tuned["stages"]] == [
+        ("distill", TINY.train.steps, TINY.train.steps), ("tone", 0, TINY.train.steps)]
+    retoned = load_restorer(tuned["uri"]).state_dict()
+    assert not torch.equal(retoned["tone.head.0.weight"], source["tone.head.0.weight"])
+    assert all(torch.equal(retoned[k], weights[k]) for k in weights if k.startswith(("encoder.", "mapping.", "decoder.")))
 
 
 def test_training_refuses_missing_stages_and_bad_references(prefect_api, pairs, tracking, tmp_path):
