@@ -240,6 +240,9 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
     config = ModelConfig.model_validate_json(first["config"]) if first else start.config if start else None
     if config is None:
         raise FileNotFoundError(f"{checkpoints} holds no trained stage (and no init restorer was given)")
+    if state(DISTILL) and start and not state("scratch"):
+        # A distilled path keeps its teacher's detector, and so the detector's settings (threshold).
+        config = config.model_copy(update={"scratch": start.config.scratch})
     # A distilled path is lighter than its teacher (init), which gives the parts around it only.
     compared = {"scratch"} if state(DISTILL) else {"scratch", "vae", "mapping"}
     if start and start.config.model_dump(include=compared) != config.model_dump(include=compared):

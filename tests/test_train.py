@@ -342,6 +342,7 @@ def test_distilling_a_restorer_registers_the_lighter_path_with_the_teachers_dete
     from oldphoto.flows.train import train
     from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
+    from oldphoto.tasks.train import build_restorer
 
     teacher = RestorerNetwork(TINY).with_tone().eval()
     torch.save(teacher.bundle(), tmp_path / "teacher.pt")
@@ -353,6 +354,13 @@ def test_distilling_a_restorer_registers_the_lighter_path_with_the_teachers_dete
                    model_name="test-light")
     light = load_restorer(result["uri"])
     assert light.config == NARROW and light.tone is not None
+    # The detector is the teacher's, with its settings, whatever the student's config says of them.
+    other = NARROW.model_copy(deep=True)
+    other.scratch.threshold = 0.9
+    state = load_state((folder / "distill.pt").read_bytes())
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "distill.pt").write_bytes(save_state(state | {"config": other.model_dump_json()}))
+    assert build_restorer(str(tmp_path / "other"), init=str(tmp_path / "teacher.pt")).config.scratch == TINY.scratch
     weights, source = light.state_dict(), teacher.state_dict()
     assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in teacher.parameters())
     assert all(torch.equal(weights[k], v) for k, v in _weights(folder / "distill.pt")["network"].items())
