@@ -6,8 +6,8 @@
   channels_last, the engine's precision) beside the same network run the plain way (fp32, NCHW).
 - bulk: `restore_archive` over moto's S3 server against the engine alone on the same images.
 
-    .venv/bin/python benchmarks/restore.py [--model REF] [--part all|engine|paper|bulk] [--bulk-images N]
-                                           [--bulk-workers W]
+    .venv/bin/python benchmarks/restore.py [--model REF] [--compare REF] [--part all|engine|paper|bulk]
+                                           [--bulk-images N] [--bulk-workers W]
 """
 
 from __future__ import annotations
@@ -70,19 +70,28 @@ def measure_engine(model: str, h: int, w: int, precision: str) -> dict:
             "global_tiles": f"{info['global_tiles']}/{info['tiles']}"}
 
 
-def engine(model: str, precisions: list[str]) -> None:
+def engine(model: str, precisions: list[str], compare: str | None = None) -> None:
+    """compare: another model measured in fp32 right after each fp32 line, and the speed ratio."""
     print(f"engine, default model ({model}), 6 scratches per photo, tiles of 512")
     print(f"{'size':>10} {'precision':>9} {'seconds':>8} {'Mpx/s':>7} {'peak RSS MB':>12} {'damaged':>8} {'global tiles':>12}")
+
+    def measure(ref: str, h: int, w: int, precision: str, label: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--measure", str(h), str(w), precision, "--model", ref],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['size']:>10} {label:>9} {r['seconds']:>8} {r['megapixels_per_s']:>7} "
+              f"{r['peak_rss_mb']:>12} {r['damaged_fraction']:>8} {r['global_tiles']:>12}", flush=True)
+        return r
+
     for h, w in SIZES:
         for precision in precisions:
             if precision == "bf16" and h * w > 4e6 and not _fast_bf16():
                 print(f"{w}x{h:<5} {'bf16':>9}  skipped: bf16 is emulated on this CPU (no AVX-512 BF16/AMX)")
                 continue
-            out = subprocess.run([sys.executable, __file__, "--measure", str(h), str(w), precision, "--model", model],
-                                 capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{r['size']:>10} {r['precision']:>9} {r['seconds']:>8} {r['megapixels_per_s']:>7} "
-                  f"{r['peak_rss_mb']:>12} {r['damaged_fraction']:>8} {r['global_tiles']:>12}", flush=True)
+            r = measure(model, h, w, precision, precision)
+            if compare and precision == "fp32":
+                c = measure(compare, h, w, precision, "compare")
+                print(f"{'':>10} {'ratio':>9} {r['megapixels_per_s'] / c['megapixels_per_s']:>16.2f}x", flush=True)
 
 
 def _fast_bf16() -> bool:
@@ -187,6 +196,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--compare", help="engine: another model measured beside it in fp32, with the speed ratio")
     parser.add_argument("--part", choices=["all", "engine", "paper", "bulk"], default="all")
     parser.add_argument("--bulk-images", type=int, default=64)
     parser.add_argument("--bulk-workers", type=int, default=1, help="as `oldphoto restore --workers`")
@@ -198,7 +208,7 @@ def main() -> None:
         return
     print(f"{os.cpu_count()} CPUs; torch threads {__import__('torch').get_num_threads()}")
     if args.part in ("all", "engine"):
-        engine(args.model, ["fp32", "bf16"])
+        engine(args.model, ["fp32", "bf16"], args.compare)
     if args.part in ("all", "paper"):
         paper()
     if args.part in ("all", "bulk"):
