@@ -124,14 +124,23 @@ PRESETS: dict[str, ModelConfig] = {
         discriminator=DiscriminatorConfig(channels=64, layers=3, scales=2),
         train=TrainConfig(crop=256, batch_size=8),
     ),
-    # What we ship, sized for 1 megapixel/s on a 2-core CPU: VAEs 12 wide at full resolution, 3x3
-    # stems, a 64-wide mapping, and scratch detection at half resolution (about 0.08 MFLOP per input
-    # pixel; tests/test_model.py).
+    # What `oldphoto train` trains, and the teacher of what we ship ("light"): VAEs 12 wide at full
+    # resolution, 3x3 stems, a 64-wide mapping, and scratch detection at half resolution (about 0.08
+    # MFLOP per input pixel; tests/test_model.py).
     "default": ModelConfig(
         name="default",
         vae=VAEConfig(channels=12, stem_kernel=3),
         mapping=MappingConfig(channels=64, blocks=1, key_stride=2),
         scratch=ScratchConfig(channels=8, scale=2),
+    ),
+    # The restore path that ships, distilled from a trained `default` one (the distill stage): VAEs 8
+    # wide with one residual block each side, a 48-wide mapping, the same 64-channel latent; 1.8x
+    # faster (BENCHMARKS.md). Its detector and tone correction are the teacher's.
+    "light": ModelConfig(
+        name="light",
+        vae=VAEConfig(channels=8, stem_kernel=3, blocks=1),
+        mapping=MappingConfig(channels=48, blocks=1, key_stride=2),
+        scratch=ScratchConfig(channels=8, scale=2, threshold=0.6),
     ),
     # For tests: a few steps in seconds on a CPU.
     "tiny": ModelConfig(
