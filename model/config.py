@@ -134,8 +134,8 @@ PRESETS: dict[str, ModelConfig] = {
         scratch=ScratchConfig(channels=8, scale=2),
     ),
     # The restore path that ships, distilled from a trained `default` one (the distill stage): VAEs 8
-    # wide with one residual block each side, a 48-wide mapping, the same 64-channel latent; 1.8x
-    # faster (BENCHMARKS.md). Its detector and tone correction are the teacher's.
+    # wide with one residual block each side, a 48-wide mapping, the same 64-channel latent; half the
+    # FLOPs, 1.3-1.9x faster here (BENCHMARKS.md). Its detector and tone correction are the teacher's.
     "light": ModelConfig(
         name="light",
         vae=VAEConfig(channels=8, stem_kernel=3, blocks=1),
