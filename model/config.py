@@ -19,7 +19,6 @@ DIRECT = "direct"
 DISTILL = "distill"
 # Every stage in the order that the later ones depend on the earlier.
 ORDER = ("vae_a", "vae_b", "mapping", "scratch", DISTILL, "refine", "tone", DIRECT)
-Stage = Literal["vae_a", "vae_b", "mapping", "scratch", "distill", "refine", "tone", "direct"]
 
 
 class _Strict(BaseModel):

@@ -22,6 +22,14 @@ BUNDLE_FORMAT = "oldphoto-restorer/1"
 ScratchMode = Literal["auto", "on", "off"]
 
 
+def restore_with_latents(path: nn.Module, image: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The encoder's latent, the mapping's, and the restored image of a restore path (encoder,
+    mapping, decoder); mask None: the mapping's local branch only."""
+    mean, _ = path.encoder(image)
+    mapped = path.mapping(mean, None if mask is None else latent_mask(mask, mean.shape[-2:]))
+    return mean, mapped, path.decoder(mapped)
+
+
 class RestorerNetwork(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -60,10 +68,7 @@ class RestorerNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1], H and W multiples of 2**downsamples; mask None: the local branch only."""
-        mean, _ = self.encoder(image)
-        if mask is not None:
-            mask = latent_mask(mask, mean.shape[-2:])
-        return self.decoder(self.mapping(mean, mask))
+        return restore_with_latents(self, image, mask)[2]
 
     def bundle(self) -> dict[str, Any]:
         return {"format": BUNDLE_FORMAT, "config": self.config.model_dump_json(),

@@ -23,7 +23,7 @@ from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
-from .restorer import DirectRestorer
+from .restorer import DirectRestorer, restore_with_latents
 from .scratch import ScratchDetector
 from .tone import ToneCorrection, thumbnail
 from .vae import VAE
@@ -363,13 +363,6 @@ def inherit_weights(student: nn.Module, teacher: nn.Module) -> None:
         pairs = [(child, getattr(teacher, name)) for name, child in student.named_children()]
     for student_child, teacher_child in pairs:
         inherit_weights(student_child, teacher_child)
-
-
-def restore_with_latents(path: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The encoder's latent, the mapping's, and the restored image of a restore path."""
-    mean, _ = path.encoder(image)
-    mapped = path.mapping(mean, latent_mask(mask, mean.shape[-2:]))
-    return mean, mapped, path.decoder(mapped)
 
 
 class StudentPath(DirectRestorer):

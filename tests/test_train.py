@@ -17,10 +17,10 @@ import torch
 
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
-from oldphoto.model.restorer import RestorerNetwork
+from oldphoto.model.restorer import RestorerNetwork, restore_with_latents
 from oldphoto.model.tone import ToneCorrection
 from oldphoto.model.train import (TRAINERS, DistillTrainer, MappingTrainer, RefineTrainer, StudentPath, ToneTrainer,
-                                  inherit_weights, load_state, restore_with_latents, save_state)
+                                  inherit_weights, load_state, save_state)
 from oldphoto.model.vae import VAE
 
 TINY = ModelConfig.load("tiny")
