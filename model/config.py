@@ -104,7 +104,7 @@ class ModelConfig(_Strict):
 
     @classmethod
     def load(cls, name_or_path: str) -> "ModelConfig":
-        """A preset name (paper, default, tiny) or a JSON file of a ModelConfig."""
+        """A preset name (one of PRESETS) or a JSON file of a ModelConfig."""
         if name_or_path in PRESETS:
             return PRESETS[name_or_path].model_copy(deep=True)
         path = Path(name_or_path)

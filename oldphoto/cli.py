@@ -48,13 +48,13 @@ def _model_workers(args: argparse.Namespace):
     """(local workers, settings) of a command that runs a model on Dask workers. One local worker by
     default, with all cores for torch's threads: the model is loaded once, and reading and writing
     overlap inside the worker. More workers split the cores between them."""
-    import os
+    from .runtime import usable_cores
 
     local = not (args.dask_address or get_settings().dask_address)
     workers = (args.workers or 1) if local else args.workers
     settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
                          mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
-                         torch_threads=max(1, (os.cpu_count() or 1) // workers) if local else None)
+                         torch_threads=max(1, usable_cores() // workers) if local else None)
     return workers, settings
 
 
@@ -165,7 +165,7 @@ def configure_training(args: argparse.Namespace):
 
 
 def _add_training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="default", help="preset (default, paper, tiny) or a JSON ModelConfig file")
+    p.add_argument("--config", default="default", help="preset (default, light, paper, tiny) or a JSON ModelConfig file")
     p.add_argument("--pairs", required=True, help="folder or URL of synthesized shards")
     p.add_argument("--real", help="folder or URL of real old photographs (needed by vae_a)")
     p.add_argument("--steps", type=int, help="steps per stage (default: the config's)")

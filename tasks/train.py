@@ -29,6 +29,7 @@ from oldphoto.model.train import TRAINERS, StageTrainer, load_state, save_state,
 from oldphoto.model.vae import VAE
 from oldphoto.models import BUNDLE_FILE, load_restorer, read_weights
 from oldphoto.pairs import read_shard, shard_urls
+from oldphoto.runtime import usable_cores
 from oldphoto.settings import get_settings
 
 EXPERIMENT = "oldphoto-train"
@@ -121,7 +122,7 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
             torch.cuda.set_device(device_)
         dist.init_process_group("nccl" if device_.type == "cuda" else "gloo")
     # A Dask cluster started in this process sets OMP_NUM_THREADS=1: set the thread count on purpose.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(max(1, usable_cores() // world))
     torch.manual_seed(config.train.seed + rank)
     dtype = pick_precision(device_, config.train.precision)
     t = config.train

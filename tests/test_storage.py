@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,16 @@ def test_keep_freed_memory_applies_on_glibc():
 
     expected = platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected and keep_freed_memory() is expected
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="the OS does not report CPU affinity")
+def test_usable_cores_follow_the_process_affinity():
+    from oldphoto.runtime import usable_cores
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # as `taskset -c N` would
+        assert usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert usable_cores() == len(allowed)
