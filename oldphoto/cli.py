@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from . import __version__
 from .settings import configure, get_settings
@@ -284,10 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM (`kill`, a job scheduler, a container stopping) exits through Python's cleanup, as
+    Ctrl-C does, so the temporary Prefect API and the local Dask cluster a command started stop with
+    it. Without this, Python's default action killed a restore at once and left both running as
+    orphans. Outside the main thread signals cannot be handled: nothing then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with exit_on_sigterm():
+            return args.run(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"oldphoto {args.command}: error: {error}", file=sys.stderr)
         return 2

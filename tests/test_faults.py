@@ -4,6 +4,7 @@ scheduler and workers: the scale-out path), and credentials kept out of every re
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -132,6 +133,39 @@ def test_restore_on_a_separate_dask_cluster_survives_a_killed_worker(tmp_path, m
 
     table = pq.read_table(dst / "_manifest" / "manifest.parquet").to_pylist()
     assert sorted(r["key"] for r in table) == sorted(p.name for p in src.glob("*.png")), "each image once"
+    assert sorted(p.name for p in dst.glob("*.png")) == sorted(p.name for p in src.glob("*.png"))
+    assert not list(dst.rglob("*.tmp*")), "no half-written files"
+
+
+@pytest.mark.slow
+def test_sigterm_midway_stops_what_the_command_started_and_a_rerun_finishes(tmp_path, model):
+    """`kill` (SIGTERM) of a restore midway: the command exits 143 and takes its temporary Prefect
+    API and local Dask workers with it, instead of leaving them running; a rerun restores the rest."""
+    from oldphoto.flows.restore import restore_archive
+
+    src, dst = tmp_path / "scans", tmp_path / "restored"
+    src.mkdir()
+    for i in range(60):
+        (src / f"{i:02d}.png").write_bytes(noise_png(i, 160, 160))
+    # Its own temporary API, as from a shell: not the test session's.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    restore = subprocess.Popen([sys.executable, "-m", "oldphoto.cli", "restore", str(src), str(dst), "--model", model,
+                                "--batch-size", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not list(dst.glob("*.png")):
+        assert restore.poll() is None, restore.stdout.read()
+        time.sleep(0.05)
+    started = psutil.Process(restore.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(p.cmdline()) for p in started), "the temporary Prefect API runs"
+    restore.terminate()
+    output, _ = restore.communicate(timeout=120)
+    assert restore.returncode == 128 + signal.SIGTERM, output[-3000:]
+    _, alive = psutil.wait_procs(started, timeout=60)
+    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+    done = len(list(dst.glob("*.png")))
+    assert 0 < done < 60, "stopped midway"
+
+    summary = restore_archive(str(src), str(dst), RestoreConfig(model=model, batch_size=1))
+    assert summary["failed"] == 0 and summary["restored"] <= 60 - done + 1, summary
     assert sorted(p.name for p in dst.glob("*.png")) == sorted(p.name for p in src.glob("*.png"))
     assert not list(dst.rglob("*.tmp*")), "no half-written files"
 
