@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -289,10 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def exit_on_sigterm() -> Iterator[None]:
-    """SIGTERM (`kill`, a job scheduler, a container stopping) exits through Python's cleanup, as
+    """SIGTERM (`kill`, a job scheduler, a container stopping) exits 143 through Python's cleanup, as
     Ctrl-C does, so the temporary Prefect API and the local Dask cluster a command started stop with
     it. Without this, Python's default action killed a restore at once and left both running as
-    orphans. Outside the main thread signals cannot be handled: nothing then."""
+    orphans.
+
+    During a flow run Prefect swaps in its own SIGTERM handler, which raises `TerminationSignal`
+    wherever the main thread happens to be; inside a serializer that surfaces as some other error
+    (seen: a PydanticSerializationError). A wakeup pipe records every signal whichever Python
+    handler takes it, so any failure after a SIGTERM still exits 143. Outside the main thread
+    signals cannot be handled: nothing then."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -300,11 +307,32 @@ def exit_on_sigterm() -> Iterator[None]:
     def stop(signum: int, frame) -> None:
         raise SystemExit(128 + signum)
 
+    read, write = os.pipe()
+    for fd in (read, write):
+        os.set_blocking(fd, False)
+
+    def terminated() -> bool:
+        try:
+            return signal.SIGTERM in os.read(read, 4096)
+        except BlockingIOError:
+            return False
+
+    previous_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
+    except Exception as error:
+        if terminated():
+            raise SystemExit(128 + signal.SIGTERM) from error
+        raise
+    else:
+        if terminated():
+            raise SystemExit(128 + signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(read)
+        os.close(write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -170,6 +170,41 @@ def test_sigterm_midway_stops_what_the_command_started_and_a_rerun_finishes(tmp_
     assert not list(dst.rglob("*.tmp*")), "no half-written files"
 
 
+def test_sigterm_swallowed_by_another_handler_still_exits_143():
+    """Prefect's own handler, swapped in during a flow run, can raise where the exception gets
+    rewrapped (CI saw a PydanticSerializationError). The command still exits 143, not with the
+    rewrapped error; without a SIGTERM the same error goes through as it is."""
+    from oldphoto.cli import exit_on_sigterm
+
+    def rewrapping(signum, frame):
+        raise KeyError("TerminationSignal")  # what a serializer makes of it
+
+    def command(kill: bool):
+        inner = signal.signal(signal.SIGTERM, rewrapping)  # as Prefect's flow engine does
+        try:
+            try:
+                if kill:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)
+            except KeyError as error:
+                raise ValueError(f"Error calling function: {error}") from None
+        finally:
+            signal.signal(signal.SIGTERM, inner)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        with exit_on_sigterm():
+            command(kill=True)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    with pytest.raises(ValueError, match="Error calling function"):
+        with exit_on_sigterm():
+            raise ValueError("Error calling function: unrelated")
+    with exit_on_sigterm():
+        assert command(kill=False) == 0
+    assert signal.getsignal(signal.SIGTERM) is before and signal.set_wakeup_fd(-1) == -1
+
+
 def test_credentials_never_reach_records_and_keys_never_leave_dst(bucket, model, monkeypatch, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
