@@ -113,7 +113,7 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
     for sample in read_shard(shard):
         clean, degraded, truth = sample["clean"], sample["degraded"], sample["mask"]
         started = time.perf_counter()
-        restored, mask, _ = _restore(config.model, config, degraded)
+        restored, mask, info = _restore(config.model, config, degraded)
         seconds = time.perf_counter() - started
         denoised = non_local_means(degraded)
         outputs = {"degraded": degraded, "nlm": denoised,
@@ -126,7 +126,8 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
                   "mask_fn": int((~mask & truth).sum())}  # pixel counts, so that scores pool over the set
         row = {"sample_id": sample["sample_id"], "source_key": sample["source_key"],
                "ops": sorted({op["op"] for op in sample["record"]["ops"]}), "grayscale": sample["record"]["grayscale"],
-               "pixels": int(truth.size), "model_seconds": seconds, **counts,
+               "pixels": int(truth.size), "model_seconds": seconds, "model_ran_on": f"{info['precision']} on {info['device']}",
+               **counts,
                "mask_f1": mask_scores_from_counts(*counts.values())["f1"]}
         for method, output in outputs.items():
             row |= {f"{method}.{k}": v for k, v in quality(output, clean).items()}
@@ -167,6 +168,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "by_kind": {kind: {"samples": len(subset), "methods": means(subset)}
                     for kind in kinds if (subset := [r for r in rows if kind in r["ops"]])},
         "model_megapixels_per_second": sum(r["pixels"] for r in rows) / 1e6 / max(1e-9, sum(r["model_seconds"] for r in rows)),
+        "model_ran_on": ", ".join(sorted({r["model_ran_on"] for r in rows})),
     }
 
 
@@ -188,7 +190,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
               for kind, b in summary["by_kind"].items()]
     if "lpips" not in metrics:
         lines += ["", "LPIPS: skipped (no LPIPS weights are configured: lpips_vgg16 and lpips_linear)"]
-    lines += ["", f"Model speed over the set: {summary['model_megapixels_per_second']:.2f} megapixels/s"]
+    lines += ["", f"Model speed over the set: {summary['model_megapixels_per_second']:.2f} megapixels/s "
+              f"({summary['model_ran_on']})"]
     return "\n".join(lines)
 
 
@@ -261,7 +264,8 @@ def log_evaluation(summary: dict[str, Any], files: dict[str, str], params: dict[
     experiment = client.get_experiment_by_name(EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
     run = client.create_run(experiment_id, run_name=f"evaluate-{model_version}",
-                            tags={"oldphoto.model_version": model_version, "oldphoto.model": params["model"]})
+                            tags={"oldphoto.model_version": model_version, "oldphoto.model": params["model"],
+                                  "oldphoto.model_ran_on": summary["model_ran_on"]})
     now = int(time.time() * 1000)
     metrics = {f"{method}.{k}": v for method, scores in summary["methods"].items() for k, v in scores.items()}
     metrics |= {f"mask.{k}": float(v) for k, v in summary["mask"].items()}

@@ -19,6 +19,7 @@ from oldphoto.cli import main
 from oldphoto.flows.evaluate import evaluate
 from oldphoto.model.baselines import non_local_means
 from oldphoto.model.config import ModelConfig
+from oldphoto.model.device import cpu_has_fast_bf16
 from oldphoto.model.metrics import quality
 from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.pairs import read_pairs
@@ -32,7 +33,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 def row(sample_id: int, ops: list[str], base: float, tp: int, fp: int, fn: int) -> dict:
     scores = {f"{m}.{k}": base + i for i, m in enumerate(METHODS) for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")}
-    return {"sample_id": sample_id, "ops": ops, "pixels": 1_000_000, "model_seconds": 0.5, "mask_tp": tp,
+    return {"sample_id": sample_id, "ops": ops, "pixels": 1_000_000, "model_seconds": 0.5,
+            "model_ran_on": "bfloat16 on cpu" if sample_id else "float32 on cpu", "mask_tp": tp,
             "mask_fp": fp, "mask_fn": fn, "mask_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0, **scores}
 
 
@@ -58,6 +60,7 @@ def test_summary_means_pools_mask_counts_and_breaks_down_by_kind():
     table = markdown_table(summary)
     assert "| model | 24.00 | 24.0000 | 24.00 | 24.0000 |" in table and "| scratches | 2 |" in table
     assert "LPIPS: skipped" in table
+    assert "Model speed over the set: 2.00 megapixels/s (bfloat16 on cpu, float32 on cpu)" in table
 
 
 def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, clean_folder, model):
@@ -96,6 +99,9 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
     client = MlflowClient(get_settings().tracking_uri)
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.tags["oldphoto.model_version"] == result["model_version"]
+    ran_on = f"{'bfloat16' if cpu_has_fast_bf16() else 'float32'} on cpu"  # precision auto
+    assert run.data.tags["oldphoto.model_ran_on"] == result["model_ran_on"] == ran_on
+    assert f"megapixels/s ({ran_on})" in (out / "table.md").read_text()
     assert run.data.metrics["model.psnr_y"] == pytest.approx(result["methods"]["model"]["psnr_y"])
     assert run.data.metrics["mask.f1"] == pytest.approx(result["mask"]["f1"])
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
