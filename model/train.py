@@ -447,6 +447,20 @@ class ToneTrainer(StageTrainer):
         return [batch["degraded"], restored, self.trained["tone"](thumbnail(batch["degraded"]), restored), batch["clean"]]
 
 
+def check_ranks_agree(trainer: StageTrainer) -> None:
+    """Under DistributedDataParallel every rank must end with the same weights (gradients are
+    averaged, so the updates are the same): a rank that trained apart is an error, not a checkpoint."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    sums = torch.stack([p.detach().double().sum() for m in trainer.trained.values() for p in m.parameters()])
+    sums = sums.to(trainer.device)
+    gathered = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
+    if differing:
+        raise RuntimeError(f"{trainer.stage}: ranks {differing} ended with weights other than rank 0's")
+
+
 TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer, "mapping": MappingTrainer,
                                            "scratch": ScratchTrainer, "distill": DistillTrainer, "refine": RefineTrainer,
                                            "tone": ToneTrainer, "direct": DirectTrainer}

@@ -25,7 +25,7 @@ from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.device import pick_device, pick_precision
 from oldphoto.model.losses import VGGLoss
 from oldphoto.model.restorer import RestorerNetwork
-from oldphoto.model.train import TRAINERS, StageTrainer, load_state, save_state, train_loop
+from oldphoto.model.train import TRAINERS, StageTrainer, check_ranks_agree, load_state, save_state, train_loop
 from oldphoto.model.vae import VAE
 from oldphoto.models import BUNDLE_FILE, load_restorer, read_weights
 from oldphoto.pairs import read_shard, shard_urls
@@ -171,6 +171,7 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
     started = time.perf_counter()
     train_loop(trainer, next_batch, t.steps, on_metrics=on_metrics, on_preview=on_preview, on_checkpoint=on_checkpoint)
     seconds = time.perf_counter() - started
+    check_ranks_agree(trainer)
     if client and trainer.step_count > resumed_at:
         if "://" not in url:
             client.log_artifact(run_id, url, "checkpoints")
@@ -180,7 +181,8 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
                 local.write_bytes(storage.read_bytes(url))
                 client.log_artifact(run_id, str(local), "checkpoints")
     return {"stage": stage, "checkpoint": url, "steps": trainer.step_count, "resumed_at": resumed_at,
-            "seconds": round(seconds, 2), "device": str(device_), "precision": str(dtype).removeprefix("torch.")}
+            "seconds": round(seconds, 2), "device": str(device_), "precision": str(dtype).removeprefix("torch."),
+            "world_size": world}
 
 
 @task(retries=1, retry_delay_seconds=2)

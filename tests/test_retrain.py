@@ -103,6 +103,30 @@ def test_retrain_rounds_promote_only_a_better_challenger(tmp_path, pairs, real, 
     assert restored.size == (80, 64)
 
 
+def test_decide_promotes_exactly_when_the_challenger_gains_the_margin(tmp_path, tracking):
+    from oldphoto.tasks.retrain import decide
+
+    client = MlflowClient(tracking, registry_uri=tracking)
+    cases = [(22.5, 0.25, True),     # +0.50 dB against a 0.25 dB margin
+             (22.25, 0.25, True),    # exactly the margin
+             (22.125, 0.25, False),  # better, but by less than the margin
+             (21.5, 0.25, False),    # worse
+             (21.5, -1.0, True),     # a negative margin accepts a slightly worse challenger (-0.5 >= -1)
+             (20.5, -1.0, False)]    # but not a much worse one
+    for i, (challenger_db, margin_db, promoted) in enumerate(cases):
+        name = f"decide-{i}"
+        client.create_registered_model(name)
+        champion, challenger = (client.create_model_version(name, str(tmp_path)).version for _ in range(2))
+        client.set_registered_model_alias(name, "champion", champion)
+        evaluation = {"methods": {"model": {"psnr_y": challenger_db}, "compare": {"psnr_y": 22.0}}}
+        decision = decide.fn({"version": champion}, {"version": challenger}, evaluation, margin_db, name, tracking)
+        assert decision["promoted"] is promoted and decision["gain_db"] == challenger_db - 22.0, cases[i]
+        assert decision["champion"] == (challenger if promoted else champion)
+        assert client.get_model_version_by_alias(name, "champion").version == decision["champion"]
+        tag = client.get_model_version(name, challenger).tags["oldphoto.retrain"]
+        assert tag.startswith("promoted" if promoted else "kept as challenger") and f"{challenger_db - 22:+.2f} dB" in tag
+
+
 def test_retrain_without_a_registered_model_says_what_to_do(tmp_path, tracking):
     from oldphoto.flows.retrain import retrain
 

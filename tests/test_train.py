@@ -231,14 +231,17 @@ def test_a_killed_stage_resumes_from_its_checkpoint(pairs, tmp_path):
     assert summary["resumed_at"] == step and summary["steps"] == step + 2
 
 
-def test_distributed_data_parallel_starts_with_two_cpu_processes(pairs, tmp_path):
+def test_distributed_data_parallel_trains_one_model_on_two_cpu_processes(pairs, tmp_path):
+    """Two ranks, each on its own part of the data, end with the same weights (run_stage checks it
+    with an all_gather of their sums, and fails when they differ)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "oldphoto.cli", "train-stage", "vae_b", "--config", "tiny", "--pairs", pairs,
                "--checkpoints", str(tmp_path), "--steps", "2", "--device", "cpu"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout)["steps"] == 2
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and summary["world_size"] == 2
     assert load_state((tmp_path / "vae_b.pt").read_bytes())["trainer"]["step"] == 2
 
 
@@ -278,9 +281,15 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     version = client.get_model_version("test-restorer", result["version"])
     assert version.run_id == result["run_id"]
     client.set_registered_model_alias("test-restorer", "champion", result["version"])
+    # Every reference loads the restorer of the folder's stages, which restores as they do.
+    built = build_restorer(checkpoints)
+    expected, _, _ = Restorer(built).restore(photo, colour="restore")
+    assert expected.shape == photo.shape and not np.array_equal(expected, photo)
     for ref in ("models:/test-restorer@champion", result["uri"], result["run_uri"], f"{checkpoints}/restorer.pt"):
-        restored, mask, _ = Restorer(load_restorer(ref)).restore(photo)
-        assert restored.shape == photo.shape and restored.std() > 0
+        loaded = load_restorer(ref)
+        assert loaded.state_dict().keys() == built.state_dict().keys()
+        assert all(torch.equal(v, built.state_dict()[k]) for k, v in loaded.state_dict().items()), ref
+        assert np.array_equal(Restorer(loaded).restore(photo, colour="restore")[0], expected), ref
 
     again = train(pairs, real, TINY, checkpoints=checkpoints, model_name="test-restorer")
     assert again["version"] == result["version"]  # nothing new trained, nothing new registered
@@ -365,8 +374,10 @@ def test_distilling_a_restorer_registers_the_lighter_path_with_the_teachers_dete
     assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in teacher.parameters())
     assert all(torch.equal(weights[k], v) for k, v in _weights(folder / "distill.pt")["network"].items())
     assert all(torch.equal(weights[k], v) for k, v in source.items() if k.startswith(("scratch.", "tone.")))
-    restored, _, _ = Restorer(light).restore(photo)
-    assert restored.shape == photo.shape and restored.std() > 0
+    # The engine runs the student, not the teacher: their restorations differ.
+    restored, _, _ = Restorer(light).restore(photo, colour="restore")
+    assert restored.shape == photo.shape
+    assert (restored != Restorer(teacher).restore(photo, colour="restore")[0]).mean() > 0.5
     # The tone correction trained again, on the student's output: distill is done and not retrained.
     tuned = train(pairs, real, NARROW, stages=["distill", "tone"], checkpoints=str(folder), init=str(tmp_path / "teacher.pt"),
                   model_name="test-light")
