@@ -20,7 +20,9 @@ from oldphoto.flows.evaluate import evaluate
 from oldphoto.model.baselines import non_local_means
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.device import cpu_has_fast_bf16
-from oldphoto.model.metrics import quality
+from oldphoto.model.engine import Restorer
+from oldphoto.model.metrics import mask_scores_from_counts, quality
+from oldphoto.models import load_restorer
 from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.pairs import read_pairs
 from oldphoto.settings import get_settings
@@ -63,10 +65,20 @@ def test_summary_means_pools_mask_counts_and_breaks_down_by_kind():
     assert "Model speed over the set: 2.00 megapixels/s (bfloat16 on cpu, float32 on cpu)" in table
 
 
-def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, clean_folder, model):
+def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, clean_folder):
     torch.manual_seed(1)
     other = tmp_path / "other.pt"
     torch.save(RestorerNetwork(ModelConfig.load("tiny")).eval().bundle(), other)
+    # Random networks restore to nearly flat grey and their detectors mark all or nothing: spread the
+    # model's output over the range and its logits around the threshold, so that its scores and mask
+    # are its own.
+    network = RestorerNetwork(ModelConfig.load("tiny")).eval()
+    with torch.no_grad():
+        network.decoder.body[-2].weight.mul_(40)
+        network.scratch.out.weight.mul_(200)
+        network.scratch.out.bias.copy_(-0.4 - network.scratch(torch.zeros(1, 1, 48, 48)).median())
+    model = str(tmp_path / "model.pt")
+    torch.save(network.bundle(), model)
     config = EvaluateConfig(model=model, compare=str(other), count=6, seed=3, crop=48, sheet_samples=2)
     out = tmp_path / "eval"
     result = evaluate(clean=str(clean_folder), config=config, out=str(out), real=str(clean_folder / "sub"))
@@ -79,7 +91,18 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
     nlm = np.mean([quality(non_local_means(p["degraded"]), p["clean"])["ssim_rgb"] for p in pairs])
     assert result["methods"]["degraded"]["psnr_y"] == pytest.approx(degraded)
     assert result["methods"]["nlm"]["ssim_rgb"] == pytest.approx(nlm)
-    assert all(0.0 <= result["mask"][k] <= 1.0 for k in ("precision", "recall", "f1", "iou"))
+    # The model's own scores and mask, recomputed through the engine as `oldphoto restore` runs it.
+    for method, bundle in (("compare", str(other)), ("model", model)):
+        engine = Restorer(load_restorer(bundle))
+        outputs = [engine.restore(p["degraded"]) for p in pairs]
+        scores = [quality(restored, p["clean"]) for (restored, _, _), p in zip(outputs, pairs)]
+        for metric in ("psnr_y", "ssim_y", "psnr_rgb"):
+            assert result["methods"][method][metric] == pytest.approx(np.mean([s[metric] for s in scores]), abs=1e-3)
+    masks, truths = np.concatenate([m.ravel() for _, m, _ in outputs]), np.concatenate([p["mask"].ravel() for p in pairs])
+    counts = [int((masks & truths).sum()), int((masks & ~truths).sum()), int((~masks & truths).sum())]
+    assert min(counts) > 0, counts  # the model's mask is neither empty nor everything
+    assert result["mask"] == pytest.approx(mask_scores_from_counts(*counts) | {k: result["mask"][k] for k in (
+        "damaged_samples", "mean_f1_damaged")}, rel=0.01)
     assert list(result["methods"]) == [*METHODS]  # the compared restorer scored beside the model
     assert result["methods"]["compare"]["psnr_y"] != result["methods"]["model"]["psnr_y"]
     kinds = {op["op"] for p in pairs for op in p["record"]["ops"]}

@@ -20,7 +20,7 @@ from oldphoto import storage
 from oldphoto.flows.restore import restore_archive
 from oldphoto.flows.runner import dask_runner
 from oldphoto.images import decode_archive
-from oldphoto.tasks.restore import RestoreConfig, is_safe_key, read_manifest
+from oldphoto.tasks.restore import DEFAULT_MODEL, RestoreConfig, is_safe_key, read_manifest
 
 from test_archive_images import SRGB, exif_with, huge_header_png
 
@@ -144,6 +144,33 @@ def test_single_file_and_refusals(tmp_path, model):
     # outputs inside the source folder are not taken for inputs on the next run
     inside = run(str(src), str(src / "restored"), model=model)
     assert inside["images"] == 1 and run(str(src), str(src / "restored"), model=model)["images"] == 1
+
+
+def test_restored_pixels_fill_the_damage_and_keep_the_rest(tmp_path):
+    """The outputs' pixels, with the shipped model: scratches drawn on a photograph (their mask known)
+    are filled, towards the photograph as it was, and the rest of it stays close to the input."""
+    import cv2
+
+    from oldphoto.synth.damage import scratches
+
+    from conftest import SAMPLES
+
+    clean = cv2.resize(np.asarray(Image.open(SAMPLES / "chelsea.jpg").convert("RGB")), (320, 240),
+                       interpolation=cv2.INTER_AREA)
+    damaged, mask = scratches(clean, np.random.default_rng(3), count=3, width=2.0)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cat.png").write_bytes(save(damaged, "PNG"))
+    assert run(str(tmp_path / "in"), str(tmp_path / "out"), model=DEFAULT_MODEL)["restored"] == 1
+    restored = np.asarray(Image.open(tmp_path / "out" / "cat.png")).astype(float)
+
+    def mean_difference(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+        return float(np.abs(a - b).mean(2)[where].mean())
+
+    away = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+    # Measured: 83 levels changed under the scratches, their error to the clean photo 86 -> 14, 7 elsewhere.
+    assert mask.mean() > 0.02 and mean_difference(restored, damaged, mask) > 50
+    assert mean_difference(restored, clean, mask) < 0.3 * mean_difference(damaged.astype(float), clean, mask)
+    assert mean_difference(restored, damaged, away) < 12
 
 
 def test_keys_cannot_escape_the_destination():
