@@ -3,6 +3,7 @@ scheduler and workers: the scale-out path), and credentials kept out of every re
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from conftest import _free_port, noise_png
 from oldphoto import storage
+from oldphoto.flows.runner import dask_runner
 from oldphoto.tasks.restore import RestoreConfig, read_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -74,7 +76,9 @@ def test_s3_outage_midway_is_retried_and_loses_nothing(own_s3, model):
         cut["back_at"] = outage(6.0)
     cutter = threading.Thread(target=cut_when_the_first_output_lands)
     cutter.start()
-    summary = restore_archive("s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model, batch_size=1))
+    # On Dask, where real runs go: the cluster's workers start here, so they take this test's endpoint.
+    run = restore_archive.with_options(task_runner=dask_runner(2))
+    summary = run("s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model, batch_size=1))
     finished_at = time.monotonic()
     cutter.join()
     # The endpoint went away with most of the work still to do, and the run outlived the outage:
@@ -115,17 +119,21 @@ def test_restore_on_a_separate_dask_cluster_survives_a_killed_worker(tmp_path, m
 
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=60)
-        restore = subprocess.Popen([sys.executable, "-m", "oldphoto.cli", "restore", str(src), str(dst), "--model", model,
-                                    "--batch-size", "2", "--dask-address", address],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        while not list(dst.glob("*.png")):
-            assert restore.poll() is None, restore.stdout.read()
-            time.sleep(0.05)
-        victim = psutil.Process(workers.pid).children(recursive=True)[0]  # a worker process under its nanny
-        victim.kill()
-        output, _ = restore.communicate(timeout=300)
+            pids = client.run(os.getpid)  # worker address -> the pid of its process (not the nanny's)
+            restore = subprocess.Popen([sys.executable, "-m", "oldphoto.cli", "restore", str(src), str(dst), "--model",
+                                        model, "--batch-size", "2", "--dask-address", address],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            while not list(dst.glob("*.png")):
+                assert restore.poll() is None, restore.stdout.read()
+                time.sleep(0.05)
+            victim, pid = sorted(pids.items())[0]
+            os.kill(pid, signal.SIGKILL)
+            output, _ = restore.communicate(timeout=300)
+            # The scheduler lost that worker (its nanny may start a new one, at another address).
+            assert victim not in client.scheduler_info()["workers"] and not psutil.pid_exists(pid)
         assert restore.returncode == 0, output[-3000:]
         assert '"restored": 24' in output and '"failed": 0' in output
+        assert f"Remove worker addr: {victim}" in (tmp_path / "scheduler.log").read_text()
     finally:
         for process in (workers, scheduler):
             os.killpg(process.pid, 9)
@@ -211,15 +219,21 @@ def test_credentials_never_reach_records_and_keys_never_leave_dst(bucket, model,
 
     from oldphoto.flows.restore import restore_archive
 
-    secret = "oldphoto-test-secret-4f1c9a"
+    # Credentials as AWS's variables and as fsspec options: neither may reach a record. The flow runs
+    # on a Dask cluster started here, so that its workers hold both too.
+    secret, option_secret = "oldphoto-test-secret-4f1c9a", "oldphoto-option-secret-8d2e7b"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("OLDPHOTO_STORAGE_OPTIONS", json.dumps({"key": "testing", "secret": option_secret}))
+    _settings_changed()
     s3 = boto3.client("s3", endpoint_url=os.environ["OLDPHOTO_S3_ENDPOINT_URL"])
     name = bucket.removeprefix("s3://")
     for i in range(3):
         s3.put_object(Bucket=name, Key=f"scans/{i}.png", Body=noise_png(i))
     s3.put_object(Bucket=name, Key="scans/bad.jpg", Body=b"broken")
     s3.put_object(Bucket=name, Key="scans/box/../../escape.png", Body=noise_png(9))  # a key that climbs out of DST
-    state = restore_archive(f"{bucket}/scans", f"{bucket}/restored", RestoreConfig(model=model), return_state=True)
+    assert storage.filesystem(f"{bucket}/scans")[0].secret == option_secret, "the option is in force"
+    state = restore_archive.with_options(task_runner=dask_runner(2))(f"{bucket}/scans", f"{bucket}/restored",
+                                                                     RestoreConfig(model=model), return_state=True)
     summary = state.result()
     assert summary["restored"] == 3 and summary["failed"] == 2
     assert "outside the destination" in read_manifest(f"{bucket}/restored")["../escape.png"]["reason"]
@@ -236,7 +250,8 @@ def test_credentials_never_reach_records_and_keys_never_leave_dst(bucket, model,
                *(str(t.task_inputs) for t in tasks)]
     records += [storage.read_bytes(f"{bucket}/restored/{key}").decode("latin-1") for key in
                 ("_report/index.html", "_manifest/manifest.parquet")]
-    assert not [r for r in records if secret in r]
+    assert not [r for r in records if secret in r or option_secret in r]
+    _settings_changed()
 
 
 class _Payload:
