@@ -10,7 +10,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from oldphoto import storage
-from oldphoto.model.config import DIRECT, DISTILL, OPTIONAL_STAGES, ORDER, STAGES, ModelConfig
+from oldphoto.model.config import ModelConfig
+from oldphoto.model.stages import DEFAULT, ORDER, REQUIRED, STAGES
 from oldphoto.models import REGISTERED_NAME, load_restorer
 from oldphoto.settings import get_settings
 from oldphoto.tasks.train import checkpoint_url, close_runs, open_runs, register_restorer, train_stage
@@ -36,17 +37,17 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
     unknown = set(stages or []) - set(ORDER)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(ORDER)}")
-    stages = [s for s in ORDER if s in (stages or STAGES)]  # in dependency order
-    direct = DIRECT in stages  # the ablation: its restorer is the direct network beside the detector
-    if DISTILL in stages and not init:
-        raise ValueError("the distill stage learns from a teacher: give the restorer to distill as init")
+    stages = [s for s in ORDER if s in (stages or DEFAULT)]  # in dependency order
+    direct = any(STAGES[s].ablation for s in stages)  # its restorer is the ablation's path beside the detector
+    if not init and (teaching := [s for s in stages if STAGES[s].starts_from == "teacher"]):
+        raise ValueError(f"the {teaching[0]} stage learns from a teacher: give the restorer to distill as init")
     checkpoints = checkpoints or default_checkpoints(config, pairs, real, init)
     if init:
         load_restorer(init)  # a bad reference fails now, not after the first stages have trained
     else:
         # Stages not trained now must already be in the folder: a restorer needs all its parts (refine and
         # the tone correction only if they were ever trained there; older folders have neither).
-        needed = (DIRECT, "scratch") if direct else [s for s in STAGES if s not in OPTIONAL_STAGES]
+        needed = [s for s in ORDER if STAGES[s].ablation or s == "scratch"] if direct else REQUIRED
         missing = [s for s in needed if s not in stages and not storage.exists(checkpoint_url(checkpoints, s))]
         if missing:
             raise FileNotFoundError(f"stages {', '.join(missing)} are neither asked for nor trained in {checkpoints}")

@@ -8,19 +8,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The triplet domain translation, its detector, the restore path fine-tuned end to end (refine), and
-# the tone correction of its output.
-STAGES = ("vae_a", "vae_b", "mapping", "scratch", "refine", "tone")
-# Stages a checkpoint folder may lack (older folders and champions were trained before they existed).
-OPTIONAL_STAGES = ("refine", "tone")
-# The paper's ablation: encoder, mapping and decoder trained end to end on the pairs, no latent spaces.
-DIRECT = "direct"
-# A lighter restore path (this config's) trained to do what a larger restorer (the teacher) does.
-DISTILL = "distill"
-# Every stage in the order that the later ones depend on the earlier.
-ORDER = ("vae_a", "vae_b", "mapping", "scratch", DISTILL, "refine", "tone", DIRECT)
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

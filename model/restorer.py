@@ -5,6 +5,7 @@ tensors and the config (safe with weights_only)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -15,6 +16,7 @@ from .blocks import luminance
 from .config import ModelConfig
 from .mapping import Mapping, latent_mask
 from .scratch import ScratchDetector
+from .stages import ORDER, PATH, STAGES, first_yielding, sources
 from .tone import ToneCorrection
 from .vae import Decoder, Encoder
 
@@ -104,3 +106,37 @@ class DirectRestorer(nn.Module):
         self.decoder = Decoder(config.vae)
 
     forward = RestorerNetwork.forward
+
+
+def assemble_restorer(present: set[str], load: Callable[[str], dict[str, Any]], init: RestorerNetwork | None = None,
+                      ablation: bool = False, tone: bool = True, where: str = "the checkpoint folder") -> RestorerNetwork:
+    """The restorer of one folder's stage checkpoints: present, the stages trained there; load(stage),
+    a stage's saved state. Each part comes from the stage that supplies it (stages.sources); init,
+    a restorer, supplies the parts that no stage there does, with its settings for them (a
+    distilled path keeps its teacher's detector and threshold). ablation: the ablation's path
+    beside the detector. tone False: without the tone correction."""
+    chosen = sources(present, ablation, tone)
+    if not chosen and init is None:
+        raise FileNotFoundError(f"{where} holds no trained stage (and no init restorer was given)")
+    configs = {name: ModelConfig.model_validate_json(load(name)["config"]) for name in set(chosen.values())}
+    weights: dict[str, torch.Tensor] = {}
+    part_configs: dict[str, ModelConfig] = {}
+    for part in sources(set(ORDER), ablation, tone):  # every part such a restorer can have
+        if part in chosen:
+            module, prefix = STAGES[chosen[part]].parts[part]
+            state = load(chosen[part])["trainer"]["modules"][module]
+            weights |= {f"{part}.{k.removeprefix(prefix)}": v for k, v in state.items() if k.startswith(prefix)}
+            part_configs[part] = configs[chosen[part]]
+        elif init is not None and (part != "tone" or init.tone is not None):
+            weights |= {k: v for k, v in init.state_dict().items() if k.startswith(f"{part}.")}
+            part_configs[part] = init.config
+        elif part != "tone":
+            stage = first_yielding(part, ablation)
+            raise FileNotFoundError(f"{where} has no {stage} checkpoint: the restorer needs its {stage} stage trained")
+    networks = {part_configs[p].model_dump_json(include={"vae", "mapping"}) for p in PATH}
+    if len(networks) > 1:
+        raise ValueError(f"the init restorer has networks of another configuration than {where}")
+    base = next((configs[chosen[p]] for p in ("scratch", *PATH, "tone") if p in chosen), None) or init.config
+    path = part_configs["encoder"]
+    config = base.model_copy(update={"scratch": part_configs["scratch"].scratch, "vae": path.vae, "mapping": path.mapping})
+    return RestorerNetwork.from_weights(config, weights)

@@ -18,13 +18,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .blocks import ResidualBlock, luminance
-from .config import DISTILL, ModelConfig
+from .config import ModelConfig
 from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
 from .restorer import DirectRestorer, restore_with_latents
 from .scratch import ScratchDetector
+from .stages import STAGES
 from .tone import ToneCorrection, thumbnail
 from .vae import VAE
 
@@ -38,17 +39,17 @@ def _distributed(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 class StageTrainer:
-    """Shared machinery: optimizers, mixed precision, state. Subclasses give build() and losses()."""
+    """Shared machinery: optimizers, mixed precision, state. Subclasses give build() and losses();
+    what each stage trains on and yields is declared in model/stages.py."""
 
-    stage: str
-    # Which batch keys the stage needs: "pairs" (synthetic), "real" (real old photos).
-    needs: tuple[str, ...] = ("pairs",)
     # Cosine decay of the learning rate to zero over config.train.steps (from the step count, so a
     # resumed run follows the same schedule); the other stages keep it constant, as the paper's do.
     decays = False
 
     def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype,
                  frozen: dict[str, nn.Module] | None = None, vgg: VGGLoss | None = None):
+        declared = {s.trainer: name for name, s in STAGES.items()}
+        self.stage = next(declared[c.__name__] for c in type(self).__mro__ if c.__name__ in declared)
         self.config, self.device, self.dtype = config, device, dtype
         self.w = config.train.weights
         self.vgg = vgg.to(device) if vgg is not None else None
@@ -156,7 +157,6 @@ class StageTrainer:
 class VAETrainer(StageTrainer):
     """vae_b: clean photos. KL + L1 reconstruction + image GAN with feature matching (+ VGG)."""
 
-    stage = "vae_b"
 
     def build(self) -> dict[str, nn.Module]:
         return {"vae": VAE(self.config.vae), "image_discriminator": MultiscaleDiscriminator(self.config.discriminator)}
@@ -189,8 +189,6 @@ class VAEATrainer(VAETrainer):
     """vae_a: synthetic degraded photos and real old photos together, plus the latent adversarial loss
     that makes their latents indistinguishable (closing the domain gap between X and R)."""
 
-    stage = "vae_a"
-    needs = ("pairs", "real")
 
     def build(self) -> dict[str, nn.Module]:
         modules = super().build()
@@ -220,7 +218,6 @@ class MappingTrainer(StageTrainer):
     space, and decode through G_Y to an image that matches G_Y(E_Y(y)) (GAN, features, VGG) and the
     clean photo itself (clean_l1)."""
 
-    stage = "mapping"
 
     def build(self) -> dict[str, nn.Module]:
         return {"mapping": Mapping(self.config.mapping, self.config.vae.latent_channels),
@@ -254,7 +251,6 @@ class MappingTrainer(StageTrainer):
 class ScratchTrainer(StageTrainer):
     """scratch: the U-Net learns the synthetic damage masks from the grayscale degraded photo."""
 
-    stage = "scratch"
 
     def build(self) -> dict[str, nn.Module]:
         start = self.frozen.get("restorer")  # a restorer to fine-tune the detector of, else a new one
@@ -280,7 +276,6 @@ class DirectTrainer(StageTrainer):
     """direct (the ablation): degraded photo and its true mask straight to the clean photo, with the
     mapping's image terms (clean L1, GAN, feature matching, VGG)."""
 
-    stage = "direct"
 
     def build(self) -> dict[str, nn.Module]:
         return {"network": DirectRestorer(self.config), "image_discriminator": MultiscaleDiscriminator(self.config.discriminator)}
@@ -318,7 +313,6 @@ class RefineTrainer(StageTrainer):
     are fitted to each other. Clean L1 (and VGG), no GAN: this stage is for fidelity, and its learning
     rate decays to zero."""
 
-    stage = "refine"
     decays = True
 
     def build(self) -> dict[str, nn.Module]:
@@ -379,8 +373,6 @@ class DistillTrainer(StageTrainer):
     and the real photographs carry over how the teacher treats them (the domain that vae_a aligned).
     The student starts from the teacher's weights (inherit_weights); the rate decays to zero."""
 
-    stage = DISTILL
-    needs = ("pairs", "real")
     decays = True
 
     def build(self) -> dict[str, nn.Module]:
@@ -418,7 +410,6 @@ class ToneTrainer(StageTrainer):
     """tone: the restore path frozen; the tone correction of its output (from thumbnails of the
     degraded photo and the output) should bring the output to the clean photo, in mean squared error."""
 
-    stage = "tone"
 
     def build(self) -> dict[str, nn.Module]:
         return {"tone": ToneCorrection()}
@@ -459,11 +450,6 @@ def check_ranks_agree(trainer: StageTrainer) -> None:
     differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
     if differing:
         raise RuntimeError(f"{trainer.stage}: ranks {differing} ended with weights other than rank 0's")
-
-
-TRAINERS: dict[str, type[StageTrainer]] = {"vae_a": VAEATrainer, "vae_b": VAETrainer, "mapping": MappingTrainer,
-                                           "scratch": ScratchTrainer, "distill": DistillTrainer, "refine": RefineTrainer,
-                                           "tone": ToneTrainer, "direct": DirectTrainer}
 
 
 def save_state(state: dict[str, Any]) -> bytes:

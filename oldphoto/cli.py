@@ -203,7 +203,7 @@ def stack(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .model.config import ORDER, STAGES
+    from .model.stages import DEFAULT, ORDER
 
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
     _add_training_arguments(p)
-    p.add_argument("--stages", default=",".join(STAGES),
+    p.add_argument("--stages", default=",".join(DEFAULT),
                    help="comma-separated stages to train; 'direct' trains and registers the ablation instead; "
                    "'distill' trains this --config's lighter restore path from the --init restorer")
     p.add_argument("--checkpoints", help="folder or URL for checkpoints (default: one per config and data under OLDPHOTO_HOME)")

@@ -18,7 +18,8 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from oldphoto import storage
-from oldphoto.model.config import OPTIONAL_STAGES, STAGES, ModelConfig
+from oldphoto.model.config import ModelConfig
+from oldphoto.model.stages import DEFAULT, STAGES, sources
 from oldphoto.model.train import load_state
 from oldphoto.models import CHAMPION, REGISTERED_NAME
 from oldphoto.tasks.evaluate import EvaluateConfig
@@ -105,20 +106,22 @@ def find_champion(model_name: str, tracking_uri: str) -> dict[str, Any]:
 def start_from_champion(champion: str, dst: str, stages: list[str], steps: int) -> tuple[ModelConfig, dict[str, int]]:
     """Copy the champion's stage checkpoints into the round's folder (once: a rerun keeps the
     progress made), and the step each fine-tuned stage trains to: the champion's plus steps. A stage
-    the champion was trained before (refine, tone) is trained afresh; under a refined champion the
-    mapping is not fine-tuned, since refine's copy of it is the one the restorer uses."""
+    the champion was trained before (refine, tone) is trained afresh; a stage whose every part the
+    champion takes from a later one (the mapping under refine) is not fine-tuned: it would change
+    nothing that restores use."""
+    present = {stage for stage in DEFAULT if storage.exists(checkpoint_url(champion, stage))}
+    used = set(sources(present).values())
     targets, config = {}, None
-    refined = storage.exists(checkpoint_url(champion, "refine"))
-    for stage in STAGES:
+    for stage in DEFAULT:
         url = checkpoint_url(champion, stage)
-        if stage in OPTIONAL_STAGES and not storage.exists(url):
+        if STAGES[stage].optional and stage not in present:
             if stage in stages:
                 targets[stage] = steps
             continue
         data = storage.read_bytes(url)
         state = load_state(data)
         config = ModelConfig.model_validate_json(state["config"])
-        if stage in stages and not (stage == "mapping" and refined):
+        if stage in stages and stage in used:
             targets[stage] = state["trainer"]["step"] + steps
         if not storage.exists(checkpoint_url(dst, stage)):
             storage.write_bytes_atomic(checkpoint_url(dst, stage), data)

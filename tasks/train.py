@@ -20,12 +20,13 @@ from prefect.logging import get_run_logger
 
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_rgb
-from oldphoto.model.config import DIRECT, DISTILL, STAGES, ModelConfig
+from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.device import pick_device, pick_precision
 from oldphoto.model.losses import VGGLoss
-from oldphoto.model.restorer import RestorerNetwork
-from oldphoto.model.train import TRAINERS, StageTrainer, check_ranks_agree, load_state, save_state, train_loop
+from oldphoto.model.restorer import RestorerNetwork, assemble_restorer
+from oldphoto.model.stages import ORDER, STAGES
+from oldphoto.model.train import StageTrainer, check_ranks_agree, load_state, save_state, train_loop
 from oldphoto.model.vae import VAE
 from oldphoto.models import BUNDLE_FILE, load_restorer, read_weights
 from oldphoto.pairs import read_shard, shard_urls
@@ -52,7 +53,7 @@ def _streams(stage: str, config: ModelConfig, pairs: str, real: str | None, rank
     if not urls:
         raise FileNotFoundError(f"{pairs}: no Parquet shards of pairs (make them with `oldphoto synth`)")
     streams = {"pairs": SampleStream(len(urls), lambda i: read_shard(urls[i]), seed, rank, world)}
-    if "real" in TRAINERS[stage].needs:
+    if "real" in STAGES[stage].needs:
         if not real:
             raise ValueError(f"stage {stage} needs real old photographs: give --real")
         keys = storage.list_images(real)
@@ -73,28 +74,30 @@ def _read_real(real: str, keys: list[str]) -> list[dict[str, Any]]:
     return images
 
 
-def _frozen(stage: str, checkpoints: str, init: str | None) -> dict[str, torch.nn.Module]:
-    if stage in ("refine", "tone"):  # they start from, or correct, the whole restore path as trained so far
-        return {"restorer": build_restorer(checkpoints, tone=False, init=init)}
-    if stage == "scratch" and init:  # fine-tunes the init's detector
-        return {"restorer": load_restorer(init)}
-    if stage == DISTILL:
-        if not init:
-            raise ValueError("the distill stage learns from a teacher: give the restorer to distill as init (--init)")
-        return {"teacher": load_restorer(init)}
-    if stage != "mapping":
-        return {}
-    frozen = {}
-    for name in ("vae_a", "vae_b"):
-        url = checkpoint_url(checkpoints, name)
-        if not storage.exists(url):
-            raise FileNotFoundError(f"the mapping stage needs a trained {name}: {url} is missing "
-                                    f"(train {name} first, into the same checkpoint folder)")
-        state = load_state(storage.read_bytes(url))
-        vae = VAE(ModelConfig.model_validate_json(state["config"]).vae)
-        vae.load_state_dict(state["trainer"]["modules"]["vae"])
-        frozen[name] = vae
-    return frozen
+def _starting_point(stage: str, checkpoints: str, init: str | None) -> dict[str, torch.nn.Module]:
+    """The frozen networks a stage starts from, as its declaration says (model/stages.py)."""
+    match STAGES[stage].starts_from:
+        case "restorer":
+            return {"restorer": build_restorer(checkpoints, tone=False, init=init)}
+        case "init":
+            return {"restorer": load_restorer(init)} if init else {}
+        case "teacher":
+            if not init:
+                raise ValueError(f"the {stage} stage learns from a teacher: give the restorer to distill as init (--init)")
+            return {"teacher": load_restorer(init)}
+        case "vaes":
+            frozen = {}
+            for name in ("vae_a", "vae_b"):
+                url = checkpoint_url(checkpoints, name)
+                if not storage.exists(url):
+                    raise FileNotFoundError(f"the {stage} stage needs a trained {name}: {url} is missing "
+                                            f"(train {name} first, into the same checkpoint folder)")
+                state = load_state(storage.read_bytes(url))
+                vae = VAE(ModelConfig.model_validate_json(state["config"]).vae)
+                vae.load_state_dict(state["trainer"]["modules"]["vae"])
+                frozen[name] = vae
+            return frozen
+    return {}
 
 
 def _check_same_networks(state: dict[str, Any], config: ModelConfig, url: str) -> None:
@@ -128,7 +131,8 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
     t = config.train
 
     vgg = VGGLoss(read_weights(t.vgg_weights)) if t.vgg_weights else None
-    trainer: StageTrainer = TRAINERS[stage](config, device_, dtype, frozen=_frozen(stage, checkpoints, init), vgg=vgg)
+    frozen = _starting_point(stage, checkpoints, init)
+    trainer: StageTrainer = STAGES[stage].trainer_class()(config, device_, dtype, frozen=frozen, vgg=vgg)
     streams = _streams(stage, config, pairs, real, rank, world)
     url = checkpoint_url(checkpoints, stage)
     if storage.exists(url):
@@ -228,51 +232,15 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
 
 
 def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, init: str | None = None) -> RestorerNetwork:
-    """The restore path from the stage checkpoints of one folder: VAE_A's encoder, the mapping and
-    VAE_B's decoder, or refine's fine-tuned mapping and decoder where it was trained (or, direct, the
-    ablation's network); the scratch detector; and, with tone, the tone correction where it was
-    trained. init (a restorer reference) supplies the parts the folder has no stage for."""
+    """The restorer of the stage checkpoints in one folder (model/restorer.assemble_restorer): each
+    checkpoint read once, and only if needed. direct: the ablation's; init (a restorer reference)
+    supplies the parts the folder has no stage for."""
     @functools.cache
-    def state(stage: str) -> dict[str, Any] | None:  # each checkpoint read once, and only if needed
-        url = checkpoint_url(checkpoints, stage)
-        return load_state(storage.read_bytes(url)) if storage.exists(url) else None
+    def load(stage: str) -> dict[str, Any]:
+        return load_state(storage.read_bytes(checkpoint_url(checkpoints, stage)))
 
-    start = load_restorer(init) if init else None
-    start_weights = start.state_dict() if start else {}
-    first = next((state(s) for s in ("scratch", DISTILL, *STAGES, DIRECT) if state(s)), None)
-    config = ModelConfig.model_validate_json(first["config"]) if first else start.config if start else None
-    if config is None:
-        raise FileNotFoundError(f"{checkpoints} holds no trained stage (and no init restorer was given)")
-    if state(DISTILL) and start and not state("scratch"):
-        # A distilled path keeps its teacher's detector, and so the detector's settings (threshold).
-        config = config.model_copy(update={"scratch": start.config.scratch})
-    # A distilled path is lighter than its teacher (init), which gives the parts around it only.
-    compared = {"scratch"} if state(DISTILL) else {"scratch", "vae", "mapping"}
-    if start and start.config.model_dump(include=compared) != config.model_dump(include=compared):
-        raise ValueError(f"init restorer {init} has networks of another configuration than {checkpoints}")
-
-    def take(part: str, stage: str, module: str, prefix: str = "") -> dict[str, torch.Tensor]:
-        """The part's weights (named as in RestorerNetwork) from stage's module, else from init."""
-        if state(stage):
-            weights = state(stage)["trainer"]["modules"][module]
-            return {f"{part}.{k.removeprefix(prefix)}": v for k, v in weights.items() if k.startswith(prefix)}
-        if start and (part != "tone" or start.tone is not None):
-            return {k: v for k, v in start_weights.items() if k.startswith(f"{part}.")}
-        raise FileNotFoundError(f"{checkpoint_url(checkpoints, stage)} is missing: the restorer needs its {stage} stage trained")
-
-    weights = take("scratch", "scratch", "detector")
-    if direct or state(DISTILL):
-        for part in ("encoder", "mapping", "decoder"):
-            weights |= take(part, DIRECT if direct else DISTILL, "network", f"{part}.")
-    else:
-        weights |= take("encoder", "vae_a", "vae", "encoder.")
-        if state("refine"):
-            weights |= take("mapping", "refine", "network", "mapping.") | take("decoder", "refine", "network", "decoder.")
-        else:
-            weights |= take("mapping", "mapping", "mapping") | take("decoder", "vae_b", "vae", "decoder.")
-    if tone and not direct and (state("tone") or (start and start.tone is not None)):
-        weights |= take("tone", "tone", "tone")
-    return RestorerNetwork.from_weights(config, weights)
+    present = {stage for stage in ORDER if storage.exists(checkpoint_url(checkpoints, stage))}
+    return assemble_restorer(present, load, load_restorer(init) if init else None, direct, tone, where=checkpoints)
 
 
 @task

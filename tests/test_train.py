@@ -19,7 +19,8 @@ from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.restorer import RestorerNetwork, restore_with_latents
 from oldphoto.model.tone import ToneCorrection
-from oldphoto.model.train import (TRAINERS, DistillTrainer, MappingTrainer, RefineTrainer, StudentPath, ToneTrainer,
+from oldphoto.model.stages import STAGES, sources
+from oldphoto.model.train import (DistillTrainer, MappingTrainer, RefineTrainer, StudentPath, ToneTrainer,
                                   inherit_weights, load_state, save_state)
 from oldphoto.model.vae import VAE
 
@@ -53,25 +54,43 @@ def test_sample_stream_is_seeded_resumable_and_split_across_ranks():
         SampleStream(2, lambda i: [], 0).take(1)
 
 
-@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "distill", "direct"])
+def test_each_part_of_a_restorer_comes_from_the_last_stage_that_yields_it():
+    triplet = {"vae_a", "vae_b", "mapping", "scratch"}
+    assert sources(triplet) == {"scratch": "scratch", "encoder": "vae_a", "mapping": "mapping", "decoder": "vae_b"}
+    assert sources(triplet | {"refine", "tone"}) == {"scratch": "scratch", "encoder": "vae_a", "mapping": "refine",
+                                                     "decoder": "refine", "tone": "tone"}
+    assert "tone" not in sources(triplet | {"tone"}, tone=False)
+    assert sources({"distill", "tone"}) == {"encoder": "distill", "mapping": "distill", "decoder": "distill", "tone": "tone"}
+    # The ablation's restorer is its own path beside the triplet's detector; the triplet never takes its weights.
+    assert sources(triplet | {"direct", "tone"}, ablation=True) == {"scratch": "scratch", "encoder": "direct",
+                                                                    "mapping": "direct", "decoder": "direct"}
+    assert sources(triplet | {"direct"}) == sources(triplet)
+
+
+@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "distill", "direct"])
 def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     frozen = ({"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else
-              {"restorer": RestorerNetwork(TINY)} if stage == "refine" else
+              {"restorer": RestorerNetwork(TINY)} if stage in ("refine", "tone") else
               {"teacher": RestorerNetwork(TINY).eval()} if stage == "distill" else None)
-    trainer = TRAINERS[stage](TINY, torch.device("cpu"), torch.float32, frozen=frozen)
+    trainer = STAGES[stage].trainer_class()(TINY, torch.device("cpu"), torch.float32, frozen=frozen)
     stream = _streams(pairs)
     real_stream = SampleStream(1, lambda i: [{"image": np.full((90, 70, 3), 128, np.uint8)}], 0)
     for _ in range(3):
         batch = pair_batch(stream, 2, 32)
-        if "real" in trainer.needs:
+        if "real" in STAGES[stage].needs:
             batch["real"] = real_batch(real_stream, 2, 32)
         metrics = trainer.step(batch)
         assert all(np.isfinite(v) for v in metrics.values()), metrics
     assert trainer.step_count == 3
     grid = trainer.preview(batch)
     rows = 4 if stage == "vae_a" else 2  # vae_a shows its synthetic and its real photos
-    columns = 4 if stage == "distill" else 3  # distill shows the teacher's output beside the student's
+    columns = 4 if stage in ("distill", "tone") else 3  # the teacher's or uncorrected output beside the result
     assert grid.dtype == np.uint8 and grid.shape == (rows * 32, columns * 32, 3)
+    # The parts the stage declares are where it says, named as the restorer names them.
+    restorer = RestorerNetwork(TINY).with_tone().state_dict()
+    for part, (module, prefix) in STAGES[stage].parts.items():
+        held = {k.removeprefix(prefix) for k in trainer.trained[module].state_dict() if k.startswith(prefix)}
+        assert held == {k.removeprefix(f"{part}.") for k in restorer if k.startswith(f"{part}.")}, (stage, part)
 
 
 def test_a_tone_checkpoint_from_before_the_light_field_resumes_with_it(pairs):
