@@ -9,6 +9,7 @@ import io
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,19 @@ def _distributed(module: nn.Module, device: torch.device) -> nn.Module:
     if dist.is_available() and dist.is_initialized():
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     return module
+
+
+@dataclass
+class Game:
+    """One adversarial game of a step: the discriminator (a module the stage trains) learns to tell
+    real from fake, then scores the fake for the generator's `term`. image: a multi-scale image
+    discriminator, whose features are also matched (and VGG, when configured); else one score map."""
+
+    discriminator: str
+    real: torch.Tensor
+    fake: torch.Tensor
+    term: str = "gan"
+    image: bool = True
 
 
 class StageTrainer:
@@ -67,7 +81,9 @@ class StageTrainer:
     def build(self) -> dict[str, nn.Module]:
         raise NotImplementedError
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
+        """The generator's terms of one batch (named as their weights in LossWeights), and the
+        adversarial games it plays; step() plays them and updates the generator."""
         raise NotImplementedError
 
     def autocast(self):
@@ -88,37 +104,52 @@ class StageTrainer:
                 for group in optimizer.param_groups:
                     group["lr"] = self.config.train.lr * 0.5 * (1 + math.cos(math.pi * progress))
         batch = {k: v.to(self.device, non_blocking=True, memory_format=torch.channels_last) for k, v in batch.items()}
-        metrics = {k: float(v.detach()) for k, v in self.losses(batch).items()}
+        terms, games = self.losses(batch)
+        metrics = {}
+        for game in games:  # each discriminator learns first, then scores the generator
+            metrics[game.discriminator.removeprefix("image_")] = self._discriminator_step(game)
+            terms |= self._generator_terms(game)
+        # A term without a weight in LossWeights is a stage's only loss: it counts once.
+        total = sum(getattr(self.w, k, 1.0) * v for k, v in terms.items())
+        self._update(self.generator, total)
         self.scaler.update()
         self.step_count += 1
-        return metrics
+        return {"total": float(total.detach()), **metrics, **{k: float(v.detach()) for k, v in terms.items()}}
 
-    def _gan_step(self, real: torch.Tensor, fake: torch.Tensor, name: str = "image_discriminator") -> float:
-        """One least-squares update of an image discriminator on real and fake in one forward pass
+    @property
+    def generator(self) -> str:
+        """The module the stage trains; the others it holds are its discriminators."""
+        return next(name for name in self.trained if not name.endswith("discriminator"))
+
+    def _discriminator_step(self, game: Game) -> float:
+        """One least-squares update of the game's discriminator on real and fake in one forward pass
         (one pass, so that DistributedDataParallel sees each parameter once per backward)."""
+        n = len(game.real)
         with self.autocast():
-            scores = self.wrapped[name](torch.cat([real, fake.detach()]))
-            n = len(real)
-            loss = 0.5 * (lsgan([[s[:n] for s in scale] for scale in scores], 1.0) +
-                          lsgan([[s[n:] for s in scale] for scale in scores], 0.0))
-        self._update(name, loss)
+            scores = self.wrapped[game.discriminator](torch.cat([game.real, game.fake]).detach())
+            if game.image:  # the multi-scale discriminator: every scale's features, split alike
+                real, fake = [[s[:n] for s in scale] for scale in scores], [[s[n:] for s in scale] for scale in scores]
+            else:
+                real, fake = scores[:n], scores[n:]
+            loss = 0.5 * (lsgan(real, 1.0) + lsgan(fake, 0.0))
+        self._update(game.discriminator, loss)
         return float(loss.detach())
 
-    def _generator_image_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """GAN, discriminator feature matching and VGG terms for the generator; the discriminator is
-        used unwrapped and frozen here, so that its parameters take no gradient from this pass."""
-        discriminator = self.trained["image_discriminator"].requires_grad_(False)
-        fake_features = discriminator(fake)
-        with torch.no_grad():
-            real_features = discriminator(real)
+    def _generator_terms(self, game: Game) -> dict[str, torch.Tensor]:
+        """The generator's GAN term, and for images its discriminator feature matching and VGG terms;
+        the discriminator is used unwrapped and frozen here, so that it takes no gradient from them."""
+        discriminator = self.trained[game.discriminator].requires_grad_(False)
+        with self.autocast():
+            fake_scores = discriminator(game.fake)
+            terms = {game.term: lsgan(fake_scores, 1.0)}
+            if game.image:
+                with torch.no_grad():
+                    real_features = discriminator(game.real)
+                terms["feature_matching"] = feature_matching(fake_scores, real_features)
+                if self.vgg is not None:
+                    terms["vgg"] = self.vgg(game.fake, game.real)
         discriminator.requires_grad_(True)
-        terms = {"gan": lsgan(fake_features, 1.0), "feature_matching": feature_matching(fake_features, real_features)}
-        if self.vgg is not None:
-            terms["vgg"] = self.vgg(fake, real)
         return terms
-
-    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(getattr(self.w, k) * v for k, v in terms.items())
 
     # --- state ---
     def state_dict(self) -> dict[str, Any]:
@@ -157,28 +188,21 @@ class StageTrainer:
 class VAETrainer(StageTrainer):
     """vae_b: clean photos. KL + L1 reconstruction + image GAN with feature matching (+ VGG)."""
 
-
     def build(self) -> dict[str, nn.Module]:
         return {"vae": VAE(self.config.vae), "image_discriminator": MultiscaleDiscriminator(self.config.discriminator)}
 
     def images(self, batch: Batch) -> torch.Tensor:
         return batch["clean"]
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         x = self.images(batch)
         with self.autocast():
             recon, _, mean, log_variance = self.wrapped["vae"](x)
-        d_loss = self._gan_step(x, recon)
-        with self.autocast():
             terms = {"kl": kl_divergence(mean.float(), log_variance.float()), "l1": nn.functional.l1_loss(recon.float(), x)}
-            terms |= self._generator_image_terms(recon, x)
-        terms |= self.latent_terms(mean, batch)
-        total = self._weighted(terms)
-        self._update("vae", total)
-        return {"total": total, "discriminator": torch.tensor(d_loss), **terms}
+        return terms, [Game("image_discriminator", x, recon), *self.latent_games(mean, batch)]
 
-    def latent_terms(self, mean: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        return {}
+    def latent_games(self, mean: torch.Tensor, batch: Batch) -> list[Game]:
+        return []
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         x = self.images(batch)
@@ -189,7 +213,6 @@ class VAEATrainer(VAETrainer):
     """vae_a: synthetic degraded photos and real old photos together, plus the latent adversarial loss
     that makes their latents indistinguishable (closing the domain gap between X and R)."""
 
-
     def build(self) -> dict[str, nn.Module]:
         modules = super().build()
         modules["latent_discriminator"] = LatentDiscriminator(self.config.vae.latent_channels, 4 * self.config.discriminator.channels)
@@ -198,26 +221,16 @@ class VAEATrainer(VAETrainer):
     def images(self, batch: Batch) -> torch.Tensor:
         return torch.cat([batch["degraded"], batch["real"]])
 
-    def latent_terms(self, mean: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    def latent_games(self, mean: torch.Tensor, batch: Batch) -> list[Game]:
+        # Real old photos' latents are "real", synthetic ones "fake": the encoder learns to make them alike.
         n = len(batch["degraded"])
-        synthetic, real = mean[:n], mean[n:]
-        # Discriminator: real old photos' latents are "real" (1), synthetic ones "fake" (0).
-        with self.autocast():
-            scores = self.wrapped["latent_discriminator"](torch.cat([real, synthetic]).detach())
-            d_loss = 0.5 * (lsgan(scores[: len(real)], 1.0) + lsgan(scores[len(real):], 0.0))
-        self._update("latent_discriminator", d_loss)
-        discriminator = self.trained["latent_discriminator"].requires_grad_(False)
-        with self.autocast():
-            encoder_loss = lsgan(discriminator(synthetic), 1.0)
-        discriminator.requires_grad_(True)
-        return {"latent_gan": encoder_loss}
+        return [Game("latent_discriminator", real=mean[n:], fake=mean[:n], term="latent_gan", image=False)]
 
 
 class MappingTrainer(StageTrainer):
     """mapping: VAE_A's encoder and VAE_B frozen; T(E_RX(x), mask) should match E_Y(y) in latent
     space, and decode through G_Y to an image that matches G_Y(E_Y(y)) (GAN, features, VGG) and the
     clean photo itself (clean_l1)."""
-
 
     def build(self) -> dict[str, nn.Module]:
         return {"mapping": Mapping(self.config.mapping, self.config.vae.latent_channels),
@@ -230,18 +243,13 @@ class MappingTrainer(StageTrainer):
             target = self.frozen["vae_b"].decoder(z_y).float()
         return z_x, z_y, target, latent_mask(batch["mask"], z_x.shape[-2:])
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         z_x, z_y, target, mask = self._latents(batch)
         with self.autocast():
             z = self.wrapped["mapping"](z_x, mask)
             out = self.frozen["vae_b"].decoder(z)
-        d_loss = self._gan_step(target, out)
-        with self.autocast():
             terms = {"latent_l1": nn.functional.l1_loss(z.float(), z_y), "clean_l1": nn.functional.l1_loss(out.float(), batch["clean"])}
-            terms |= self._generator_image_terms(out, target)
-        total = self._weighted(terms)
-        self._update("mapping", total)
-        return {"total": total, "discriminator": torch.tensor(d_loss), **terms}
+        return terms, [Game("image_discriminator", target, out)]
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         z_x, _, _, mask = self._latents(batch)
@@ -251,7 +259,6 @@ class MappingTrainer(StageTrainer):
 class ScratchTrainer(StageTrainer):
     """scratch: the U-Net learns the synthetic damage masks from the grayscale degraded photo."""
 
-
     def build(self) -> dict[str, nn.Module]:
         start = self.frozen.get("restorer")  # a restorer to fine-tune the detector of, else a new one
         if start is None:
@@ -260,12 +267,10 @@ class ScratchTrainer(StageTrainer):
             raise ValueError("the init restorer's scratch detector has another configuration than this training's")
         return {"detector": copy.deepcopy(start.scratch).requires_grad_(True)}
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         with self.autocast():
             logits = self.wrapped["detector"](luminance(batch["degraded"]))
-        loss = bce_dice(logits, batch["mask"])
-        self._update("detector", loss)
-        return {"total": loss}
+        return {"bce_dice": bce_dice(logits, batch["mask"])}, []
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         logits = self.trained["detector"](luminance(batch["degraded"]))
@@ -276,20 +281,14 @@ class DirectTrainer(StageTrainer):
     """direct (the ablation): degraded photo and its true mask straight to the clean photo, with the
     mapping's image terms (clean L1, GAN, feature matching, VGG)."""
 
-
     def build(self) -> dict[str, nn.Module]:
         return {"network": DirectRestorer(self.config), "image_discriminator": MultiscaleDiscriminator(self.config.discriminator)}
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         with self.autocast():
             out = self.wrapped["network"](batch["degraded"], batch["mask"])
-        d_loss = self._gan_step(batch["clean"], out)
-        with self.autocast():
             terms = {"clean_l1": nn.functional.l1_loss(out.float(), batch["clean"])}
-            terms |= self._generator_image_terms(out, batch["clean"])
-        total = self._weighted(terms)
-        self._update("network", total)
-        return {"total": total, "discriminator": torch.tensor(d_loss), **terms}
+        return terms, [Game("image_discriminator", batch["clean"], out)]
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         return [batch["degraded"], self.trained["network"](batch["degraded"], batch["mask"]), batch["clean"]]
@@ -325,14 +324,12 @@ class RefineTrainer(StageTrainer):
         with self.autocast():
             return network(z_x, latent_mask(batch["mask"], z_x.shape[-2:]))
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         out = self._restore(batch, self.wrapped["network"]).float()
         terms = {"clean_l1": nn.functional.l1_loss(out, batch["clean"])}
         if self.vgg is not None:
             terms["vgg"] = self.vgg(out, batch["clean"])
-        total = self._weighted(terms)
-        self._update("network", total)
-        return {"total": total, **terms}
+        return terms, []
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         return [batch["degraded"], self._restore(batch, self.trained["network"]), batch["clean"]]
@@ -383,7 +380,7 @@ class DistillTrainer(StageTrainer):
         inherit_weights(student, teacher)
         return {"network": student}
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         teacher = self.frozen["teacher"]
         with torch.no_grad(), self.autocast():
             real_mask = teacher.detect(batch["real"])
@@ -396,9 +393,7 @@ class DistillTrainer(StageTrainer):
         l1 = nn.functional.l1_loss
         terms = {"clean_l1": l1(out[:n], batch["clean"]), "teacher_l1": l1(out, targets[2]),
                  "teacher_latent_l1": l1(mean, targets[0]) + l1(mapped, targets[1])}
-        total = self._weighted(terms)
-        self._update("network", total)
-        return {"total": total, **terms}
+        return terms, []
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         teacher = self.frozen["teacher"]
@@ -409,7 +404,6 @@ class DistillTrainer(StageTrainer):
 class ToneTrainer(StageTrainer):
     """tone: the restore path frozen; the tone correction of its output (from thumbnails of the
     degraded photo and the output) should bring the output to the clean photo, in mean squared error."""
-
 
     def build(self) -> dict[str, nn.Module]:
         return {"tone": ToneCorrection()}
@@ -427,11 +421,9 @@ class ToneTrainer(StageTrainer):
         with torch.no_grad(), self.autocast():
             return self.frozen["restorer"](batch["degraded"], batch["mask"]).float()
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         corrected = self.wrapped["tone"](thumbnail(batch["degraded"]), self._restored(batch))
-        loss = nn.functional.mse_loss(corrected, batch["clean"])
-        self._update("tone", loss)
-        return {"total": loss}
+        return {"mse": nn.functional.mse_loss(corrected, batch["clean"])}, []
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         restored = self._restored(batch)
