@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from . import __version__
+from .options import add_options, option_values
 from .settings import configure, get_settings
 
 
@@ -19,28 +20,35 @@ from .settings import configure, get_settings
 DEFAULT_HELDOUT = "../shared/data/clean/bsds500/test"
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (also OLDPHOTO_* environment variables)")
-    group.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
-    group.add_argument("--workers", type=int, help="local Dask worker processes")
-    group.add_argument("--dask-address", help="use an existing Dask scheduler, tcp://HOST:PORT")
+# Settings each kind of command takes on its command line (all of them also as OLDPHOTO_* variables).
+STORAGE_SETTINGS = ("s3_endpoint_url", "dask_address")
+MODEL_SETTINGS = (*STORAGE_SETTINGS, "mlflow_tracking_uri")
+TRAINING_SETTINGS = ("s3_endpoint_url", "mlflow_tracking_uri", "device")
 
 
-def _settings_from(args: argparse.Namespace):
-    return configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address)
+def _add_settings(parser: argparse.ArgumentParser, names: tuple[str, ...], workers: bool = True) -> None:
+    from .settings import Settings
+
+    add_options(parser, Settings, "settings (also OLDPHOTO_* environment variables)", only=names)
+    if workers:
+        parser.add_argument("--workers", type=int, help="local Dask worker processes")
+
+
+def _settings_from(args: argparse.Namespace, **overrides):
+    from .settings import Settings
+
+    return configure(**option_values(args, Settings) | overrides)
 
 
 def synth(args: argparse.Namespace) -> int:
     from .prefect_api import prefect_api
     from .storage import absolute
-    from .synth import DegradationConfig
     from .flows.runner import dask_runner
     from .flows.synth import synthesize
     from .tasks.synth import SynthConfig
 
     settings = _settings_from(args)
-    config = SynthConfig(count=args.count, seed=args.seed, crop=args.crop or None, shard_size=args.shard_size,
-                         degradation=DegradationConfig.load(args.degradation))
+    config = SynthConfig(**option_values(args, SynthConfig))
     runner = dask_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.synth",))
     with prefect_api():
         summary = synthesize.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
@@ -48,18 +56,18 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_workers(args: argparse.Namespace):
-    """(local workers, settings) of a command that runs a model on Dask workers. One local worker by
-    default, with all cores for torch's threads: the model is loaded once, and reading and writing
-    overlap inside the worker. More workers split the cores between them."""
+def _model_workers(args: argparse.Namespace, config_type):
+    """(local workers, settings, config) of a command that runs a model on Dask workers. One local
+    worker by default, with all cores for torch's threads: the model is loaded once, and reading and
+    writing overlap inside the worker. More workers split the cores between them."""
     from .runtime import usable_cores
 
     local = not (args.dask_address or get_settings().dask_address)
     workers = (args.workers or 1) if local else args.workers
-    settings = configure(s3_endpoint_url=args.s3_endpoint_url, dask_address=args.dask_address,
-                         mlflow_tracking_uri=args.mlflow_tracking_uri, device=args.device,
-                         torch_threads=max(1, usable_cores() // workers) if local else None)
-    return workers, settings
+    settings = _settings_from(args, device=args.device,
+                              torch_threads=max(1, usable_cores() // workers) if local else None)
+    config = config_type(**{"device": settings.device} | option_values(args, config_type))
+    return workers, settings, config
 
 
 def restore(args: argparse.Namespace) -> int:
@@ -69,10 +77,7 @@ def restore(args: argparse.Namespace) -> int:
     from .storage import absolute
     from .tasks.restore import RestoreConfig
 
-    workers, settings = _model_workers(args)
-    config = RestoreConfig(**{k: v for k, v in {
-        "model": args.model, "scratch": args.scratch, "colour": args.colour, "device": settings.device, "batch_size": args.batch_size,
-        "force": args.force, "max_pixels": args.max_pixels}.items() if v is not None})
+    workers, settings, config = _model_workers(args, RestoreConfig)
     runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
     with prefect_api():
         summary = restore_archive.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
@@ -85,18 +90,10 @@ def evaluate(args: argparse.Namespace) -> int:
     from .flows.runner import dask_runner
     from .prefect_api import prefect_api
     from .storage import absolute
-    from .synth import DegradationConfig
     from .tasks.evaluate import EvaluateConfig
 
     clean = None if args.pairs else (args.clean or DEFAULT_HELDOUT)
-    workers, settings = _model_workers(args)
-    config = EvaluateConfig(**{k: v for k, v in {
-        "model": args.model, "compare": args.compare, "scratch": args.scratch, "colour": args.colour, "device": settings.device,
-        "seed": args.seed, "count": args.count, "degradation": DegradationConfig.load(args.degradation) if args.degradation else None,
-        "lpips_vgg16": args.lpips_vgg16, "lpips_linear": args.lpips_linear,
-    }.items() if v is not None})
-    if args.crop is not None:
-        config.crop = args.crop or None  # 0: whole images
+    workers, settings, config = _model_workers(args, EvaluateConfig)
     runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
     with prefect_api():
         result = evaluate_flow.with_options(task_runner=runner)(
@@ -141,7 +138,7 @@ def train(args: argparse.Namespace) -> int:
     from .prefect_api import prefect_api
     from .storage import absolute
 
-    configure_training(args)
+    _settings_from(args)
     with prefect_api():
         result = train_flow(absolute(args.pairs), absolute(args.real) if args.real else None, _model_config(args),
                             _stages(args.stages), absolute(args.checkpoints) if args.checkpoints else None, args.model_name,
@@ -155,34 +152,29 @@ def train_stage(args: argparse.Namespace) -> int:
     from .storage import absolute
     from .tasks.train import run_stage
 
-    configure_training(args)
+    _settings_from(args)
     result = run_stage(args.stage, _model_config(args), absolute(args.pairs), absolute(args.real) if args.real else None,
                        absolute(args.checkpoints), init=args.init)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     return 0
 
 
-def configure_training(args: argparse.Namespace):
-    return configure(s3_endpoint_url=args.s3_endpoint_url, mlflow_tracking_uri=getattr(args, "mlflow_tracking_uri", None),
-                     device=args.device)
-
-
 def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The training flow's own parameters (the networks and their training are the --config's)."""
     p.add_argument("--config", default="default", help="preset (default, light, paper, tiny) or a JSON ModelConfig file")
     p.add_argument("--pairs", required=True, help="folder or URL of synthesized shards")
     p.add_argument("--real", help="folder or URL of real old photographs (needed by vae_a)")
     p.add_argument("--steps", type=int, help="steps per stage (default: the config's)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--init", help="restorer (path, URL, MLflow URI) standing in for the stages the checkpoint folder "
                                   "lacks: refine fine-tunes it, tone corrects it, distill learns from it")
-    p.add_argument("--s3-endpoint-url", help="S3-compatible endpoint for s3:// URLs")
+    _add_settings(p, TRAINING_SETTINGS, workers=False)
 
 
 def stack(args: argparse.Namespace) -> int:
     from . import stack as local_stack
 
-    config = local_stack.StackConfig(home=args.home or get_settings().home / "stack")
+    config = local_stack.StackConfig(**{"home": get_settings().home / "stack"} | option_values(args, local_stack.StackConfig))
     if args.action == "up":
         try:
             local_stack.up(config)
@@ -203,7 +195,12 @@ def stack(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The commands; their options come from the configs they fill (oldphoto/options.py)."""
     from .model.stages import DEFAULT, ORDER
+    from .stack import StackConfig
+    from .tasks.evaluate import EvaluateConfig
+    from .tasks.restore import RestoreConfig
+    from .tasks.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
@@ -212,49 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("synth", help="degrade clean photographs into Parquet shards of training pairs")
     p.add_argument("src", help="folder, file or URL (s3://bucket/prefix) of clean photographs")
     p.add_argument("dst", help="folder or URL for the shards and manifest.json")
-    p.add_argument("--count", type=int, required=True, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--crop", type=int, default=256, help="square crop size; 0 keeps whole images")
-    p.add_argument("--shard-size", type=int, default=64, help="samples per shard")
-    p.add_argument("--degradation", default="default", help="preset (default, v2, corruptions) or JSON file")
-    _add_settings(p)
+    add_options(p, SynthConfig, "synthesis")
+    _add_settings(p, STORAGE_SETTINGS)
     p.set_defaults(run=synth)
 
     p = commands.add_parser("restore", help="restore every photo under SRC into DST, with a manifest and a report")
     p.add_argument("src", help="folder, single file or URL (s3://bucket/prefix) of scans; never modified")
     p.add_argument("dst", help="folder or URL: DST/<same relative path>, DST/_manifest/, DST/_report/index.html")
-    p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
-    p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
-    p.add_argument("--colour", choices=["keep", "restore"],
-                   help="keep (default): the original's colours on the restored luminance; restore: the model's colours too")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, help="images per task (default 8)")
-    p.add_argument("--force", action="store_true", default=None, help="restore again what the manifest says is done")
-    p.add_argument("--max-pixels", type=int, help="refuse larger images (default 200 million)")
-    p.add_argument("--mlflow-tracking-uri", help="MLflow server or database for models:/ and runs:/ references")
-    _add_settings(p)
+    add_options(p, RestoreConfig, "restoration")
+    _add_settings(p, MODEL_SETTINGS)
     p.set_defaults(run=restore)
 
     p = commands.add_parser("evaluate", help="score a restorer and the classical baselines on held-out pairs")
-    p.add_argument("--model", help="restorer: path, URL, models:/NAME@ALIAS, runs:/... (default: the shipped model)")
-    p.add_argument("--compare", help="a second restorer, scored and shown beside the model (the champion, an ablation)")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--pairs", help="folder or URL of synthesized pairs to score on")
     data.add_argument("--clean", help=f"clean photographs to synthesize a held-out set from (default: {DEFAULT_HELDOUT})")
-    p.add_argument("--seed", type=int, help="seed of the held-out set (default 0)")
-    p.add_argument("--count", type=int, help="pairs in the held-out set (default 200)")
-    p.add_argument("--crop", type=int, help="square crop of the held-out set (default 256; 0 keeps whole images)")
-    p.add_argument("--degradation", help="degradation preset or JSON file of the held-out set (default: default)")
     p.add_argument("--real", help="folder or URL of real old photographs for a before/after sheet")
-    p.add_argument("--lpips-vgg16", help="torchvision's ImageNet VGG16 weights, for LPIPS (with --lpips-linear)")
-    p.add_argument("--lpips-linear", help="the lpips package's weights/v0.1/vgg.pth (with --lpips-vgg16)")
-    p.add_argument("--scratch", choices=["auto", "on", "off"], help="scratch handling (default auto)")
-    p.add_argument("--colour", choices=["keep", "restore"],
-                   help="keep (default): the original's colours on the restored luminance; restore: the model's colours too")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="folder or URL for the results (default: under OLDPHOTO_HOME/evaluations)")
-    p.add_argument("--mlflow-tracking-uri", help="MLflow server or database (default: SQLite under OLDPHOTO_HOME)")
-    _add_settings(p)
+    add_options(p, EvaluateConfig, "evaluation")
+    _add_settings(p, MODEL_SETTINGS)
     p.set_defaults(run=evaluate)
 
     p = commands.add_parser("sheet", help="contact sheet of synthetic pairs beside real old photographs")
@@ -262,17 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="PNG file to write")
     p.add_argument("--real", help="folder or URL of real old photographs to show beside them")
     p.add_argument("--count", type=int, default=18, help="number of samples")
-    _add_settings(p)
+    _add_settings(p, STORAGE_SETTINGS, workers=False)
     p.set_defaults(run=sheet)
 
     p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
     _add_training_arguments(p)
     p.add_argument("--stages", default=",".join(DEFAULT),
-                   help="comma-separated stages to train; 'direct' trains and registers the ablation instead; "
-                   "'distill' trains this --config's lighter restore path from the --init restorer")
+                   help="comma-separated stages to train, of " + ", ".join(ORDER) + "; 'direct' trains and registers "
+                   "the ablation instead; 'distill' trains this --config's lighter restore path from the --init restorer")
     p.add_argument("--checkpoints", help="folder or URL for checkpoints (default: one per config and data under OLDPHOTO_HOME)")
     p.add_argument("--model-name", default="oldphoto-restorer", help="registered model name in MLflow")
-    p.add_argument("--mlflow-tracking-uri", help="MLflow tracking server or database (default: SQLite under OLDPHOTO_HOME)")
     p.set_defaults(run=train)
 
     p = commands.add_parser("train-stage", help="one stage, no tracking: for torchrun and DistributedDataParallel")
@@ -283,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("stack", help="the local monitoring stack: Prefect server and worker, MLflow, Dask")
     p.add_argument("action", choices=["up", "status", "down"])
-    p.add_argument("--home", help="its pid files, logs and databases (default: OLDPHOTO_HOME/stack)")
+    add_options(p, StackConfig, "stack", exclude=("timeout",))
     p.set_defaults(run=stack)
     return parser
 
@@ -341,8 +313,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         with exit_on_sigterm():
             return args.run(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"oldphoto {args.command}: error: {error}", file=sys.stderr)
+        print(f"oldphoto {args.command}: error: {_reason(error)}", file=sys.stderr)
         return 2
+
+
+def _reason(error: Exception) -> str:
+    """A config's validation error as one line per field ("crop: Input should be ..."), not pydantic's page."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or e['type']}: {e['msg']}" for e in error.errors())
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ class Settings(BaseSettings):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="extra fsspec options for every URL (JSON in the environment)"
     )
-    mlflow_tracking_uri: str | None = Field(None, description="default: SQLite file under home")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server or database; none: a SQLite file under home")
     dask_address: str | None = Field(None, description="existing Dask scheduler; none means a local cluster")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU where there is one, else the CPU")
     torch_threads: int | None = Field(None, gt=0, description="torch threads per process; none: torch's default")
 
     @field_validator("s3_endpoint_url", "dask_address", "mlflow_tracking_uri", mode="before")

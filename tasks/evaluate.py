@@ -36,28 +36,25 @@ from oldphoto.model.metrics import mask_scores_from_counts, quality
 from oldphoto.pairs import read_shard
 from oldphoto.sheets import labelled_grid
 from oldphoto.synth import DegradationConfig
-from oldphoto.tasks.restore import DEFAULT_MODEL, Colour, restorer_for
+from oldphoto.tasks.restore import DEFAULT_MODEL, EngineConfig, restorer_for
+from oldphoto.tasks.synth import Crop
 
 METHODS = ("degraded", "nlm", "nlm_telea", "nlm_telea_truth", "model", "compare")
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 EXPERIMENT = "oldphoto-evaluate"
 
 
-class EvaluateConfig(BaseModel):
+class EvaluateConfig(EngineConfig):
     """What is evaluated and on what; the defaults score the shipped model on BSDS500 test."""
 
     model: str = Field(DEFAULT_MODEL, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...")
     compare: str | None = Field(None, description="a second restorer, scored and shown beside the model")
-    scratch: Literal["auto", "on", "off"] = "auto"
-    colour: Colour = "keep"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    tile: int = Field(512, ge=64)
     # The held-out set synthesized from clean photographs (ignored when pairs are given):
     count: int = Field(200, gt=0, description="samples; 200 is one per BSDS500 test photograph")
-    seed: int = Field(0, ge=0)
-    crop: int | None = Field(256, ge=16, description="square crop of each photograph; None keeps whole images")
-    degradation: DegradationConfig = Field(default_factory=lambda: DegradationConfig.load("default"))
+    seed: int = Field(0, ge=0, description="seed of the held-out set")
+    crop: Crop = Field(256, description="square crop of each photograph; 0 keeps whole images")
+    degradation: DegradationConfig = Field(default_factory=lambda: DegradationConfig.load("default"),
+                                           description="degradation preset (default, v2, corruptions) or JSON file")
     sheet_samples: int = Field(8, ge=0, description="pairs shown on the before/after sheet")
     # LPIPS needs both (paths or URLs); without them it is skipped, and the report says so.
     lpips_vgg16: str | None = Field(None, description="torchvision's ImageNet VGG16 state dict")

@@ -57,16 +57,23 @@ Colour = Annotated[Literal["keep", "restore"], Field(description="keep: the orig
                     "luminance; restore: the model's colours too (it may cast them on real prints)")]
 
 
-class RestoreConfig(BaseModel):
-    """How an archive is restored; the defaults run on a laptop with the shipped model."""
+class EngineConfig(BaseModel):
+    """How the restorer runs, in `oldphoto restore` and `oldphoto evaluate` alike."""
 
     model: str | None = Field(None, description="restorer bundle: path, URL, models:/NAME@ALIAS or runs:/...; "
                                                 "none: the registry's champion if there is one, else the shipped model")
-    scratch: Literal["auto", "on", "off"] = "auto"
+    scratch: Literal["auto", "on", "off"] = Field("auto", description="scratch handling: auto detects damage and "
+                                                  "fills it where found; on everywhere; off never")
     colour: Colour = "keep"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU where there is one, else the CPU")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 where the CPU or GPU "
+                                                               "computes it fast, else fp32")
     tile: int = Field(512, ge=64, description="tile size of the engine: bounds memory whatever the image size")
+
+
+class RestoreConfig(EngineConfig):
+    """How an archive is restored; the defaults run on a laptop with the shipped model."""
+
     batch_size: int = Field(8, gt=0, description="images per task: more spreads each task's overhead, fewer redoes less after a crash")
     force: bool = Field(False, description="restore again what the manifest says is done")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused (decompression bombs)")

@@ -6,14 +6,14 @@ import hashlib
 import io
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import cv2
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_rgb, encode_png
@@ -34,14 +34,19 @@ SCHEMA = pa.schema([
 FINGERPRINT_KEY = b"oldphoto.fingerprint"
 
 
+# A square crop of each photograph; None, or 0 (how a command line says it), keeps whole images.
+Crop = Annotated[Annotated[int, Field(ge=16)] | None, BeforeValidator(lambda value: value or None)]
+
+
 class SynthConfig(BaseModel):
     """What a synthetic data set is made of; with the source list it determines every byte."""
 
     count: int = Field(400, gt=0, description="number of samples")
-    seed: int = Field(0, ge=0)
-    crop: int | None = Field(256, ge=16, description="square crop size; None keeps whole images")
+    seed: int = Field(0, ge=0, description="sample i is drawn with SeedSequence([seed, i])")
+    crop: Crop = Field(256, description="square crop size; 0 keeps whole images")
     shard_size: int = Field(64, gt=0, description="samples per Parquet shard")
-    degradation: DegradationConfig = Field(default_factory=lambda: DegradationConfig.load("default"))
+    degradation: DegradationConfig = Field(default_factory=lambda: DegradationConfig.load("default"),
+                                           description="degradation preset (default, v2, corruptions) or JSON file")
 
 
 def shard_name(index: int) -> str:
