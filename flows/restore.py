@@ -6,11 +6,11 @@ import time
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
-from oldphoto.progress import ProgressLine
+from oldphoto.progress import FlowProgress
 from oldphoto.settings import get_settings
 from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, fold_manifest, list_inputs, new_run_id,
                                     read_manifest, restore_batch, write_report)
@@ -36,16 +36,12 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     run_id = new_run_id()
     futures = [restore_batch.submit(root, dst, batch, config, {k: done[k] for k in batch if k in done}, run_id, i)
                for i, batch in enumerate(batches)]
-    progress = create_progress_artifact(0.0, key="restore-progress", description=f"{src} -> {dst}")
-    line = ProgressLine(len(keys), "images")
+    progress = FlowProgress(len(keys), "images", "restore-progress", f"{src} -> {dst}")
     rows: list[dict[str, Any]] = []
     for future in as_completed(futures):
         rows += future.result()
-        if line.update(len(rows)):
-            update_progress_artifact(progress, 100.0 * len(rows) / max(1, len(keys)))
-            logger.info(line.text())
-    line.close()
-    update_progress_artifact(progress, 100.0)
+        progress.update(len(rows), f"{sum(r['status'] == 'failed' for r in rows)} failed")
+    progress.close()
     rows.sort(key=lambda r: r["key"])
 
     manifest = fold_manifest(dst)

@@ -8,15 +8,16 @@ from typing import Any
 
 import numpy as np
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
+from tabulate import tabulate
 
+from oldphoto.progress import FlowProgress
 from oldphoto.tasks.synth import (SynthConfig, check_destination, fingerprint, list_sources, probe_sources,
                                   shard_name, synthesize_shard, write_manifest)
 
 PROBE_CHUNK = 64
-PROGRESS_EVERY_S = 5.0
 
 
 def plan_samples(keys: list[str], config: SynthConfig) -> list[list[tuple[int, str]]]:
@@ -46,21 +47,13 @@ def synthesize(src: str, dst: str, config: SynthConfig | None = None) -> dict[st
     dataset = fingerprint(config, readable)
     check_destination(dst, dataset)
     shards = plan_samples(readable, config)
-    progress = create_progress_artifact(0.0, key="synthesize-progress", description=f"{src} -> {dst}")
+    progress = FlowProgress(config.count, "samples", "synthesize-progress", f"{src} -> {dst}")
     futures = [synthesize_shard.submit(src, dst, i, samples, config, dataset) for i, samples in enumerate(shards)]
-    results, done, reported = [], 0, 0.0
+    results = []
     for future in as_completed(futures):
-        result = future.result()
-        results.append(result)
-        done += result["rows"]
-        now = time.perf_counter()
-        # Report at most every few seconds: each report is a call to the Prefect API, and on a small
-        # machine the API server's work comes out of the workers' share.
-        if now - reported >= PROGRESS_EVERY_S or done == config.count:
-            reported = now
-            logger.info("%d/%d samples (%d/%d shards), %.1f samples/s", done, config.count, len(results),
-                        len(shards), done / max(1e-9, now - started))
-            update_progress_artifact(progress, 100.0 * done / config.count)
+        results.append(future.result())
+        progress.update(sum(r["rows"] for r in results), f"{len(results)}/{len(shards)} shards")
+    progress.close()
     results.sort(key=lambda r: r["shard"])
 
     manifest = {
@@ -96,9 +89,8 @@ def _content_hash(results: list[dict[str, Any]]) -> str:
 
 
 def _summary_markdown(summary: dict[str, Any], unreadable: dict[str, str]) -> str:
-    lines = ["# Synthesis summary", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    lines = ["# Synthesis summary", "", tabulate(summary.items(), ["", ""], "github", disable_numparse=True)]
     if unreadable:
-        lines += ["", "## Unreadable sources (skipped)", "", "| key | reason |", "|---|---|"]
-        lines += [f"| {k} | {r} |" for k, r in sorted(unreadable.items())]
+        lines += ["", "## Unreadable sources (skipped)", "",
+                  tabulate(sorted(unreadable.items()), ["key", "reason"], "github", disable_numparse=True)]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from tabulate import tabulate
 
 from oldphoto import storage
 from oldphoto.model.config import ModelConfig
@@ -68,10 +69,9 @@ def train(pairs: str, real: str | None = None, config: ModelConfig | None = None
         registered = register_restorer(checkpoints, runs["parent"], tracking_uri, model_name, direct, init)
     close_runs(runs, stages, tracking_uri)
 
+    columns = ["stage", "steps", "resumed_at", "seconds", "device", "precision"]
     lines = ["# Training", "", f"checkpoints: `{checkpoints}`", f"MLflow run: `{runs['parent']}`",
-             f"registered: `{registered['uri']}`", "", "| stage | steps | resumed at | seconds | device | precision |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['steps']} | {r['resumed_at']} | {r['seconds']} | {r['device']} | {r['precision']} |"
-              for r in results]
+             f"registered: `{registered['uri']}`", "",
+             tabulate([[r[c] for c in columns] for r in results], columns, "github", disable_numparse=True)]
     create_markdown_artifact("\n".join(lines), key="train-summary")
     return {"checkpoints": checkpoints, "run_id": runs["parent"], "stages": results, **registered}

@@ -105,63 +105,68 @@ class Restorer:
         h, w = pixels.shape[:2]
         scale = float(np.iinfo(image.dtype).max)
         rgb = self._padded(pixels if pixels.ndim == 3 else pixels[..., None])
-        tiles = self._tiles(*rgb.shape[:2])
-
-        def tensor_of(array: np.ndarray):
-            def tensor(y: int, x: int, th: int, tw: int) -> torch.Tensor:
-                t = torch.from_numpy(np.ascontiguousarray(array[y : y + th, x : x + tw])).float().mul_(2 / scale).sub_(1)
-                t = t.expand(th, tw, 3) if t.shape[2] == 1 else t
-                return t.permute(2, 0, 1)[None].to(self.device).contiguous(memory_format=torch.channels_last)
-            return tensor
-
-        tensor = tensor_of(rgb)
-        if scratch == "off":
-            mask = torch.zeros(1, 1, *rgb.shape[:2], dtype=torch.bool)
-        else:
-            def detect(t: torch.Tensor, region) -> torch.Tensor:
-                return torch.sigmoid(self.network.scratch(luminance(t)))
-
-            probability = self._blended(tensor, tiles, 1, detect)
-            # A photo larger than those the detector learned on shows its damage wider: search it
-            # at halved resolutions too (validation pairs enlarged 2x and 4x: F1 0.816 and 0.813 so,
-            # against 0.597 and 0.003 at their own resolution). Thin damage on a large photo gets
-            # wide marks from the coarse levels, hence opt-in per bundle (MODEL_CARD.md, Limits).
-            for level in range(1, detection_levels(h, w, self.network.config.scratch.reference_size)):
-                sh, sw = -(-h // 2**level), -(-w // 2**level)
-                small = cv2.resize(rgb[:h, :w], (sw, sh), interpolation=cv2.INTER_AREA).reshape(sh, sw, -1)
-                small = self._padded(small)
-                coarse = self._blended(tensor_of(small), self._tiles(*small.shape[:2]), 1, detect)[..., :sh, :sw]
-                coarse = F.interpolate(coarse, (h, w), mode="bilinear", align_corners=False)
-                probability[..., :h, :w] = torch.maximum(probability[..., :h, :w], coarse)
-            mask = probability > self.network.config.scratch.threshold
-        global_tiles = 0
-
-        def restore_tile(t: torch.Tensor, region) -> torch.Tensor:
-            nonlocal global_tiles
-            tile_mask = mask[region]
-            use_global = scratch == "on" or (scratch == "auto" and bool(tile_mask.any()))
-            global_tiles += use_global
-            return self.network(t, tile_mask.to(self.device) if use_global else None)
-
-        out = self._blended(tensor, tiles, 3, restore_tile)[..., :h, :w]
-        if self.network.tone is not None:
-            thumb = self._small(rgb[:h, :w], scale, (THUMBNAIL, THUMBNAIL)).to(self.device)
-            out = self.network.tone(thumb, out.to(self.device)).cpu()
+        mask = (torch.zeros(1, 1, *rgb.shape[:2], dtype=torch.bool) if scratch == "off"
+                else self._detect(rgb, h, w, scale))
+        out, global_tiles = self._restore_tiles(rgb, scale, mask, scratch)
+        out = self._tone(out[..., :h, :w], rgb[:h, :w], scale)
         if pixels.ndim == 2:  # gray in, gray out: the luminance the network restored
             out = luminance(out)
         elif colour == "keep":
-            size = filter_size(h, w)
-            original = self._small(rgb[:h, :w], scale, size)
-            out = keep_colours(out, chroma_coefficients(original, F.interpolate(out, size, mode="area")))
+            out = self._keep_colours(out, rgb[:h, :w], scale)
         restored = out[0].permute(1, 2, 0).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
         restored = restored[..., 0] if pixels.ndim == 2 else restored
         if alpha is not None:
             restored = np.concatenate([restored.reshape(h, w, -1), alpha[..., None]], axis=2)
         mask_out = mask[0, 0, :h, :w].numpy()
-        info = {"height": h, "width": w, "tiles": len(tiles), "global_tiles": global_tiles,
+        info = {"height": h, "width": w, "tiles": len(self._tiles(*rgb.shape[:2])), "global_tiles": global_tiles,
                 "damaged_fraction": float(mask_out.mean()), "precision": str(self.dtype).removeprefix("torch."),
                 "device": str(self.device), "seconds": time.perf_counter() - started}
         return restored, mask_out, info
+
+    def _detect(self, rgb: np.ndarray, h: int, w: int, scale: float) -> torch.Tensor:
+        """The damage mask of the padded image (its first h x w pixels the photo's)."""
+        probability = self._blended(rgb, scale, 1, self._damage_probability)
+        # A photo larger than those the detector learned on shows its damage wider: search it at
+        # halved resolutions too (validation pairs enlarged 2x and 4x: F1 0.816 and 0.813 so, against
+        # 0.597 and 0.003 at their own resolution). Thin damage on a large photo gets wide marks from
+        # the coarse levels, hence opt-in per bundle (MODEL_CARD.md, Limits).
+        for level in range(1, detection_levels(h, w, self.network.config.scratch.reference_size)):
+            sh, sw = -(-h // 2**level), -(-w // 2**level)
+            small = self._padded(cv2.resize(rgb[:h, :w], (sw, sh), interpolation=cv2.INTER_AREA).reshape(sh, sw, -1))
+            coarse = self._blended(small, scale, 1, self._damage_probability)[..., :sh, :sw]
+            coarse = F.interpolate(coarse, (h, w), mode="bilinear", align_corners=False)
+            probability[..., :h, :w] = torch.maximum(probability[..., :h, :w], coarse)
+        return probability > self.network.config.scratch.threshold
+
+    def _damage_probability(self, tile: torch.Tensor, region) -> torch.Tensor:
+        return torch.sigmoid(self.network.scratch(luminance(tile)))
+
+    def _restore_tiles(self, rgb: np.ndarray, scale: float, mask: torch.Tensor, scratch: ScratchMode
+                       ) -> tuple[torch.Tensor, int]:
+        """The restored padded image, and how many tiles ran the non-local branch (those with damage
+        under "auto", every one under "on")."""
+        def uses_global(region) -> bool:
+            return scratch == "on" or (scratch == "auto" and bool(mask[region].any()))
+
+        def restore_tile(tile: torch.Tensor, region) -> torch.Tensor:
+            return self.network(tile, mask[region].to(self.device) if uses_global(region) else None)
+
+        out = self._blended(rgb, scale, 3, restore_tile)
+        return out, sum(uses_global(region) for region in self._regions(*rgb.shape[:2]))
+
+    def _tone(self, out: torch.Tensor, rgb: np.ndarray, scale: float) -> torch.Tensor:
+        """The tone correction of the whole output, when the model has one: one transform and one
+        light field for the photo, predicted from thumbnails of the input and the output."""
+        if self.network.tone is None:
+            return out
+        thumb = self._small(rgb, scale, (THUMBNAIL, THUMBNAIL)).to(self.device)
+        return self.network.tone(thumb, out.to(self.device)).cpu()
+
+    def _keep_colours(self, out: torch.Tensor, rgb: np.ndarray, scale: float) -> torch.Tensor:
+        """The original's colours on the restored luminance (model/colour.py)."""
+        size = filter_size(*rgb.shape[:2])
+        original = self._small(rgb, scale, size)
+        return keep_colours(out, chroma_coefficients(original, F.interpolate(out, size, mode="area")))
 
     def _padded(self, array: np.ndarray) -> np.ndarray:
         """H x W x C with sides padded up to multiples of the latent grid's, by repeating the edge."""
@@ -175,16 +180,22 @@ class Restorer:
         small = small.reshape(*size, -1) * (2 / scale) - 1
         return torch.from_numpy(small).permute(2, 0, 1)[None].expand(1, 3, -1, -1)
 
-    def _blended(self, tensor, tiles: list[tuple[int, int, int, int]], channels: int, run) -> torch.Tensor:
-        """run(tile, region) on every tile; the results blended into one image of `channels` channels."""
-        h = max(y + th for y, _, th, _ in tiles)
-        w = max(x + tw for _, x, _, tw in tiles)
+    def _regions(self, h: int, w: int) -> list[tuple]:
+        return [(..., slice(y, y + th), slice(x, x + tw)) for y, x, th, tw in self._tiles(h, w)]
+
+    def _blended(self, array: np.ndarray, scale: float, channels: int, run) -> torch.Tensor:
+        """run(tile, region) on every tile of the padded image; the results blended into one image of
+        `channels` channels. Only the tile being computed is held as a float tensor."""
+        h, w = array.shape[:2]
         total = torch.zeros(1, channels, h, w)
         weight = torch.zeros(1, 1, h, w)
-        for y, x, th, tw in tiles:
+        for y, x, th, tw in self._tiles(h, w):
             region = (..., slice(y, y + th), slice(x, x + tw))
+            tile = torch.from_numpy(np.ascontiguousarray(array[y : y + th, x : x + tw])).float().mul_(2 / scale).sub_(1)
+            tile = tile.expand(th, tw, 3) if tile.shape[2] == 1 else tile
+            tile = tile.permute(2, 0, 1)[None].to(self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
-                result = run(tensor(y, x, th, tw), region)
+                result = run(tile, region)
             window = blend_window(th, tw, self.overlap)
             total[region] += result.float().cpu() * window
             weight[region] += window

@@ -1,35 +1,52 @@
-"""A progress line for the terminal: counts and rate, redrawn in place; throttled for logs."""
+"""Progress of a flow over its items, one count reported three ways: a rich progress bar when the
+console is a terminal, and everywhere a Prefect progress artifact and a log line with the rate."""
 
 from __future__ import annotations
 
 import sys
 import time
 
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.logging import get_run_logger
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-class ProgressLine:
-    def __init__(self, total: int, unit: str, every_s: float = 5.0, stream=sys.stderr):
-        self.total, self.unit, self.every_s, self.stream = total, unit, every_s, stream
-        self.done, self.started, self.reported = 0, time.perf_counter(), 0.0
-        self.live = stream.isatty()
 
-    def text(self) -> str:
-        rate = self.done / max(1e-9, time.perf_counter() - self.started)
-        filled = int(30 * self.done / max(1, self.total))
-        return f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {self.unit}, {rate:.2f} {self.unit}/s"
+class FlowProgress:
+    """update(done) as items finish; close() at the end. The artifact and the log line come at most
+    every every_s seconds, and at the end: each is a call to the Prefect API, whose work on a small
+    machine comes out of the workers' share."""
 
-    def update(self, done: int) -> bool:
-        """Set the count; True when it is time to report elsewhere too (every every_s, and at the end)."""
-        self.done = done
-        if self.live:
-            self.stream.write("\r" + self.text())
-            self.stream.flush()
+    def __init__(self, total: int, unit: str, key: str, description: str, every_s: float = 5.0):
+        self.total, self.unit, self.every_s = total, unit, every_s
+        self.done, self.detail, self.started, self.reported = 0, "", time.perf_counter(), float("-inf")
+        self.logger = get_run_logger()
+        self.artifact = create_progress_artifact(0.0, key=key, description=description)
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = Progress(TextColumn(f"[bold]{unit}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]:.2f}/s {task.fields[detail]}"), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task(unit, total=total, rate=0.0, detail="")
+            self.bar.start()
+
+    def rate(self) -> float:
+        return self.done / max(1e-9, time.perf_counter() - self.started)
+
+    def update(self, done: int, detail: str = "") -> None:
+        """done: items finished so far; detail: what else to show beside the count."""
+        self.done, self.detail = done, detail
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, rate=self.rate(), detail=detail)
         now = time.perf_counter()
-        if now - self.reported >= self.every_s or done == self.total:
+        if now - self.reported >= self.every_s or done >= self.total:
             self.reported = now
-            return True
-        return False
+            update_progress_artifact(self.artifact, 100.0 * done / max(1, self.total))
+            self.logger.info("%d/%d %s%s, %.2f %s/s", done, self.total, self.unit, f" ({detail})" if detail else "",
+                             self.rate(), self.unit)
 
     def close(self) -> None:
-        if self.live:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.stop()
+        if self.total == 0:  # nothing to do: done at once
+            update_progress_artifact(self.artifact, 100.0)

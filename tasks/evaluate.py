@@ -19,23 +19,24 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 import pyarrow.parquet as pq
-from PIL import Image
 from prefect import task
-from pydantic import BaseModel, Field, model_validator
+from tabulate import tabulate
+from pydantic import Field, model_validator
 
 from oldphoto import storage
-from oldphoto.images import UnreadableImage, decode_archive, to_rgb8
+from oldphoto.images import UnreadableImage, decode_archive, encode_png, to_rgb8
 from oldphoto.model.baselines import non_local_means, non_local_means_inpainted
 from oldphoto.model.metrics import mask_scores_from_counts, quality
 from oldphoto.pairs import read_shard
 from oldphoto.sheets import labelled_grid
 from oldphoto.synth import DegradationConfig
+from oldphoto.tracking import experiment_id
 from oldphoto.tasks.restore import DEFAULT_MODEL, EngineConfig, restorer_for
 from oldphoto.tasks.synth import Crop
 
@@ -173,29 +174,23 @@ def markdown_table(summary: dict[str, Any]) -> str:
     """The printed report: methods x metrics, mask scores, then Y-PSNR per degradation kind."""
     m = summary["methods"]
     methods, metrics = list(m), list(m["model"])
-    lines = [f"Evaluation on {summary['samples']} pairs (means; PSNR in dB)", "",
-             "| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    lines += [f"| {method} | " + " | ".join(f"{m[method][k]:.2f}" if "psnr" in k else f"{m[method][k]:.4f}"
-                                            for k in metrics) + " |" for method in methods]
+    scores = [[method, *(f"{m[method][k]:.2f}" if "psnr" in k else f"{m[method][k]:.4f}" for k in metrics)]
+              for method in methods]
+    kinds = [[kind, b["samples"], *(f"{b['methods'][x]['psnr_y']:.2f}" for x in methods)]
+             for kind, b in summary["by_kind"].items()]
     k = summary["mask"]
-    lines += ["", f"Damage mask of the model, pooled over all pixels: precision {k['precision']:.3f}, recall "
-              f"{k['recall']:.3f}, F1 {k['f1']:.3f}, IoU {k['iou']:.3f} (mean F1 over the {k['damaged_samples']} "
-              f"damaged pairs: {k['mean_f1_damaged']:.3f})", "",
-              "Y-PSNR by degradation kind (pairs whose recipe applied it):", "",
-              "| kind | pairs | " + " | ".join(methods) + " |", "|---" * (len(methods) + 2) + "|"]
-    lines += [f"| {kind} | {b['samples']} | " + " | ".join(f"{b['methods'][x]['psnr_y']:.2f}" for x in methods) + " |"
-              for kind, b in summary["by_kind"].items()]
+    lines = [f"Evaluation on {summary['samples']} pairs (means; PSNR in dB)", "",
+             tabulate(scores, ["method", *metrics], "github", disable_numparse=True), "",
+             f"Damage mask of the model, pooled over all pixels: precision {k['precision']:.3f}, recall "
+             f"{k['recall']:.3f}, F1 {k['f1']:.3f}, IoU {k['iou']:.3f} (mean F1 over the {k['damaged_samples']} "
+             f"damaged pairs: {k['mean_f1_damaged']:.3f})", "",
+             "Y-PSNR by degradation kind (pairs whose recipe applied it):", "",
+             tabulate(kinds, ["kind", "pairs", *methods], "github", disable_numparse=True)]
     if "lpips" not in metrics:
         lines += ["", "LPIPS: skipped (no LPIPS weights are configured: lpips_vgg16 and lpips_linear)"]
     lines += ["", f"Model speed over the set: {summary['model_megapixels_per_second']:.2f} megapixels/s "
               f"({summary['model_ran_on']})"]
     return "\n".join(lines)
-
-
-def _png(image: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(image).save(out, format="PNG")
-    return out.getvalue()
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])
@@ -208,7 +203,7 @@ def write_results(out: str, rows: list[dict[str, Any]], summary: dict[str, Any],
     storage.write_bytes_atomic(urls["table.md"], markdown_table(summary).encode())
     grid = [s["images"] for s in sorted(sheet, key=lambda s: s["sample_id"])]
     if grid:
-        storage.write_bytes_atomic(urls["sheet.png"], _png(labelled_grid(grid)))
+        storage.write_bytes_atomic(urls["sheet.png"], encode_png(labelled_grid(grid)))
     else:
         del urls["sheet.png"]
     storage.write_bytes_atomic(urls["evaluation.json"], json.dumps(summary, indent=2).encode())
@@ -234,7 +229,7 @@ def real_sheet(real: str, out: str, config: EvaluateConfig) -> str:
     if not rows:
         raise FileNotFoundError(f"{real}: no readable photographs for the real-photo sheet")
     url = storage.join(out, "real_sheet.png")
-    storage.write_bytes_atomic(url, _png(labelled_grid(rows, tile=360)))
+    storage.write_bytes_atomic(url, encode_png(labelled_grid(rows, tile=360)))
     return url
 
 
@@ -258,9 +253,7 @@ def log_evaluation(summary: dict[str, Any], files: dict[str, str], params: dict[
     from mlflow.entities import Metric, Param
 
     client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
-    run = client.create_run(experiment_id, run_name=f"evaluate-{model_version}",
+    run = client.create_run(experiment_id(client, EXPERIMENT), run_name=f"evaluate-{model_version}",
                             tags={"oldphoto.model_version": model_version, "oldphoto.model": params["model"],
                                   "oldphoto.model_ran_on": summary["model_ran_on"]})
     now = int(time.time() * 1000)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import html
 import io
 import os
 import posixpath
@@ -22,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -296,27 +296,18 @@ def fold_manifest(dst: str) -> str:
 @task(retries=2, retry_delay_seconds=[2, 10])
 def write_report(dst: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """DST/_report/index.html: the summary, before/after thumbnails of this run's images, the failures."""
-    def cell(value: Any) -> str:
-        return html.escape("" if value is None else str(value))
-
-    restored = [r for r in rows if r["status"] in ("restored", "skipped") and r["output_key"]]
-    failed = [r for r in rows if r["status"] == "failed"]
-    parts = ["<!doctype html><meta charset='utf-8'><title>oldphoto restore report</title>",
-             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;text-align:left;vertical-align:top}"
-             "img{max-width:516px}</style>", "<h1>oldphoto restore report</h1><table>"]
-    parts += [f"<tr><th>{cell(k)}</th><td>{cell(v)}</td></tr>" for k, v in summary.items()]
-    parts.append("</table>")
-    if failed:
-        parts.append(f"<h2>Failures ({len(failed)})</h2><table><tr><th>key</th><th>reason</th></tr>")
-        parts += [f"<tr><td>{cell(r['key'])}</td><td>{cell(r['reason'])}</td></tr>" for r in failed]
-        parts.append("</table>")
-    parts.append(f"<h2>Restored ({len(restored)})</h2><table><tr><th>key</th><th>before | after</th></tr>")
-    parts += [f"<tr><td>{cell(r['key'])}<br>{cell(r['status'])}</td>"
-              f"<td><img src='{thumbnail_key(r['key'])}' alt='before and after'></td></tr>" for r in restored]
-    parts.append("</table>")
+    page = _templates().get_template("restore_report.html").render(
+        summary=summary, thumbnail_key=thumbnail_key, failed=[r for r in rows if r["status"] == "failed"],
+        restored=[r for r in rows if r["status"] in ("restored", "skipped") and r["output_key"]])
     url = storage.join(dst, REPORT_DIR, "index.html")
-    storage.write_bytes_atomic(url, "\n".join(parts).encode())
+    storage.write_bytes_atomic(url, page.encode())
     return url
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("oldphoto", "templates"), autoescape=True,
+                              trim_blocks=True, lstrip_blocks=True)
 
 
 def new_run_id() -> str:

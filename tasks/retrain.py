@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 from pydantic import BaseModel, Field
+from tabulate import tabulate
 
 from oldphoto import storage
 from oldphoto.model.config import ModelConfig
@@ -154,11 +155,12 @@ def decision_markdown(decision: dict[str, Any], material: dict[str, list[str]], 
              f"New material: {len(material['clean'])} clean photographs, {len(material['real'])} real scans.",
              f"Rule: promote when the challenger's Y-PSNR beats the champion's by at least {margin_db:.2f} dB; "
              f"it gained {decision['gain_db']:+.2f} dB.", "",
-             f"Fixed evaluation set: {evaluation['samples']} pairs (`{evaluation['pairs']}`).", "",
-             "| | Y-PSNR (dB) | SSIM (Y) | mask F1 |", "|---|---|---|---|",
-             f"| champion, version {decision['previous_champion']} | {s['compare']['psnr_y']:.2f} | {s['compare']['ssim_y']:.4f} | |",
-             f"| challenger, version {decision['challenger']} | {s['model']['psnr_y']:.2f} | {s['model']['ssim_y']:.4f} | {evaluation['mask']['f1']:.3f} |",
-             f"| degraded input | {s['degraded']['psnr_y']:.2f} | {s['degraded']['ssim_y']:.4f} | |"]
+             f"Fixed evaluation set: {evaluation['samples']} pairs (`{evaluation['pairs']}`).", ""]
+    rows = [[f"champion, version {decision['previous_champion']}", f"{s['compare']['psnr_y']:.2f}", f"{s['compare']['ssim_y']:.4f}", ""],
+            [f"challenger, version {decision['challenger']}", f"{s['model']['psnr_y']:.2f}", f"{s['model']['ssim_y']:.4f}",
+             f"{evaluation['mask']['f1']:.3f}"],
+            ["degraded input", f"{s['degraded']['psnr_y']:.2f}", f"{s['degraded']['ssim_y']:.4f}", ""]]
+    lines.append(tabulate(rows, ["", "Y-PSNR (dB)", "SSIM (Y)", "mask F1"], "github", disable_numparse=True))
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from oldphoto.models import BUNDLE_FILE, load_restorer, read_weights
 from oldphoto.pairs import read_shard, shard_urls
 from oldphoto.runtime import usable_cores
 from oldphoto.settings import get_settings
+from oldphoto.tracking import experiment_id
 
 EXPERIMENT = "oldphoto-train"
 REAL_CHUNK = 8  # real photos decoded per "shard" of the real-photo stream
@@ -206,17 +207,16 @@ def open_runs(checkpoints: str, stages: list[str], config: ModelConfig, tracking
     client = MlflowClient(tracking_uri)
     url = storage.join(checkpoints, "runs.json")
     runs = json.loads(storage.read_bytes(url)) if storage.exists(url) else {}
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
     if "parent" not in runs:
-        parent = client.create_run(experiment_id, run_name=f"train-{config.name}",
+        experiment = experiment_id(client, EXPERIMENT)
+        parent = client.create_run(experiment, run_name=f"train-{config.name}",
                                    tags={"oldphoto.checkpoints": checkpoints})
-        runs = {"parent": parent.info.run_id, "experiment_id": experiment_id, "stages": {}}
+        runs = {"parent": parent.info.run_id, "experiment_id": experiment, "stages": {}}
         client.log_batch(runs["parent"], params=[Param(k, v[:6000]) for k, v in
                                                  sorted(_flatten("", config.model_dump(mode="json")).items())])
     for stage in stages:
         if stage not in runs["stages"]:
-            child = client.create_run(experiment_id, run_name=stage,
+            child = client.create_run(runs["experiment_id"], run_name=stage,
                                       tags={"mlflow.parentRunId": runs["parent"], "oldphoto.stage": stage})
             runs["stages"][stage] = child.info.run_id
     storage.write_bytes_atomic(url, json.dumps(runs, indent=2).encode())

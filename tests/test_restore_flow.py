@@ -173,6 +173,19 @@ def test_restored_pixels_fill_the_damage_and_keep_the_rest(tmp_path):
     assert mean_difference(restored, damaged, away) < 12
 
 
+def test_the_report_escapes_what_the_archive_names(tmp_path):
+    from oldphoto.tasks.restore import thumbnail_key, write_report
+
+    rows = [{"key": "box <1>/a&b.png", "status": "restored", "output_key": "box <1>/a&b.png", "reason": None},
+            {"key": "c.png", "status": "failed", "output_key": None, "reason": "cannot decode: <script>alert(1)</script>"}]
+    url = write_report.fn(str(tmp_path), rows, {"src": "in <here>", "failed": 1, "model_version": None})
+    page = open(url, encoding="utf-8").read()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "box &lt;1&gt;/a&amp;b.png" in page and f'src="{thumbnail_key("box <1>/a&b.png")}"' in page
+    assert "<th>src</th><td>in &lt;here&gt;</td>" in page and "<th>model_version</th><td></td>" in page
+    assert "Failures (1)" in page and "Restored (1)" in page
+
+
 def test_keys_cannot_escape_the_destination():
     assert is_safe_key("box 1/a.jpg") and is_safe_key("..hidden.jpg")
     assert not any(is_safe_key(k) for k in ("../a.jpg", "a/../../b.jpg", "/etc/a.jpg", "", "a\\..\\b.jpg"))
