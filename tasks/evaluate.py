@@ -8,6 +8,9 @@ Methods, each scored against the clean photograph of every pair:
   nlm_telea_truth  the same with the true damage mask (a bound on what the mask can give NLM)
   model            the restorer, through the engine, as `oldphoto restore` runs it
   compare          optionally a second restorer the same way (the champion, or an ablation)
+
+And the clean pass-through of each restorer: the clean photograph itself restored and scored against
+itself (a restorer must leave a good print nearly as it is), with the share of it marked as damaged.
 """
 
 from __future__ import annotations
@@ -120,13 +123,19 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
                    "model": restored}
         if config.compare:
             outputs["compare"] = _restore(config.compare, config, degraded)[0]
+        passthrough = {}
+        for name, model in (("model", config.model), ("compare", config.compare)):
+            if model:
+                passed, marked, _ = _restore(model, config, clean)
+                passthrough |= {f"{name}.passthrough.{k}": v for k, v in quality(passed, clean).items()}
+                passthrough[f"{name}.passthrough.marked"] = float(marked.mean())
         counts = {"mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()),
                   "mask_fn": int((~mask & truth).sum())}  # pixel counts, so that scores pool over the set
         row = {"sample_id": sample["sample_id"], "source_key": sample["source_key"],
                "ops": sorted({op["op"] for op in sample["record"]["ops"]}), "grayscale": sample["record"]["grayscale"],
                "pixels": int(truth.size), "model_seconds": seconds, "model_ran_on": f"{info['precision']} on {info['device']}",
                **counts,
-               "mask_f1": mask_scores_from_counts(*counts.values())["f1"]}
+               "mask_f1": mask_scores_from_counts(*counts.values())["f1"], **passthrough}
         for method, output in outputs.items():
             row |= {f"{method}.{k}": v for k, v in quality(output, clean).items()}
             if config.lpips_vgg16:
@@ -167,7 +176,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     for kind in kinds if (subset := [r for r in rows if kind in r["ops"]])},
         "model_megapixels_per_second": sum(r["pixels"] for r in rows) / 1e6 / max(1e-9, sum(r["model_seconds"] for r in rows)),
         "model_ran_on": ", ".join(sorted({r["model_ran_on"] for r in rows})),
+        "passthrough": {name: _passthrough(rows, name) for name in ("model", "compare")
+                        if f"{name}.passthrough.psnr_y" in rows[0]},
     }
+
+
+def _passthrough(rows: list[dict[str, Any]], name: str) -> dict[str, float]:
+    """Means and worst cases of a restorer's clean pass-through; PSNR capped at 100 dB, which an
+    unchanged photograph (infinite PSNR) gets."""
+    def values(metric: str) -> list[float]:
+        return [min(100.0, r[f"{name}.passthrough.{metric}"]) for r in rows]
+    return {"psnr_y": float(np.mean(values("psnr_y"))), "psnr_y_worst": min(values("psnr_y")),
+            "ssim_y": float(np.mean(values("ssim_y"))), "ssim_y_worst": min(values("ssim_y")),
+            "psnr_rgb": float(np.mean(values("psnr_rgb"))), "marked": float(np.mean(values("marked")))}
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -186,6 +207,12 @@ def markdown_table(summary: dict[str, Any]) -> str:
              f"damaged pairs: {k['mean_f1_damaged']:.3f})", "",
              "Y-PSNR by degradation kind (pairs whose recipe applied it):", "",
              tabulate(kinds, ["kind", "pairs", *methods], "github", disable_numparse=True)]
+    if summary.get("passthrough"):
+        passed = [[name, f"{p['psnr_y']:.2f}", f"{p['psnr_y_worst']:.2f}", f"{p['ssim_y']:.4f}", f"{p['ssim_y_worst']:.4f}",
+                   f"{100 * p['marked']:.2f}%"] for name, p in summary["passthrough"].items()]
+        lines += ["", "Clean pass-through (each pair's clean photograph restored, scored against itself):", "",
+                  tabulate(passed, ["restorer", "Y-PSNR", "worst", "SSIM (Y)", "worst", "marked as damaged"], "github",
+                           disable_numparse=True)]
     if "lpips" not in metrics:
         lines += ["", "LPIPS: skipped (no LPIPS weights are configured: lpips_vgg16 and lpips_linear)"]
     lines += ["", f"Model speed over the set: {summary['model_megapixels_per_second']:.2f} megapixels/s "
@@ -260,6 +287,7 @@ def log_evaluation(summary: dict[str, Any], files: dict[str, str], params: dict[
     metrics = {f"{method}.{k}": v for method, scores in summary["methods"].items() for k, v in scores.items()}
     metrics |= {f"mask.{k}": float(v) for k, v in summary["mask"].items()}
     metrics["model.megapixels_per_second"] = summary["model_megapixels_per_second"]
+    metrics |= {f"{name}.passthrough.{k}": v for name, scores in summary["passthrough"].items() for k, v in scores.items()}
     client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())],
                      params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
     with tempfile.TemporaryDirectory() as folder:
@@ -273,7 +301,8 @@ def log_evaluation(summary: dict[str, Any], files: dict[str, str], params: dict[
         tags = {"oldphoto.evaluation_run": run.info.run_id,
                 "oldphoto.eval.psnr_y": f"{summary['methods']['model']['psnr_y']:.2f}",
                 "oldphoto.eval.ssim_y": f"{summary['methods']['model']['ssim_y']:.4f}",
-                "oldphoto.eval.mask_f1": f"{summary['mask']['f1']:.3f}"}
+                "oldphoto.eval.mask_f1": f"{summary['mask']['f1']:.3f}",
+                "oldphoto.eval.passthrough_psnr_y": f"{summary['passthrough']['model']['psnr_y']:.2f}"}
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
     return run.info.run_id

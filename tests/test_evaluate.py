@@ -67,6 +67,20 @@ def test_summary_means_pools_mask_counts_and_breaks_down_by_kind():
     assert "Model speed over the set: 2.00 megapixels/s (bfloat16 on cpu, float32 on cpu)" in table
 
 
+def test_clean_pass_through_is_summarized_by_mean_and_worst_with_unchanged_photos_capped():
+    rows = [row(i, ["jpeg"], 20.0, tp=0, fp=0, fn=0) for i in range(3)]
+    for r, (psnr_y, ssim_y, marked) in zip(rows, [(30.0, 0.9, 0.0), (float("inf"), 1.0, 0.0), (26.0, 0.8, 0.03)]):
+        r |= {"model.passthrough.psnr_y": psnr_y, "model.passthrough.ssim_y": ssim_y, "model.passthrough.psnr_rgb": psnr_y,
+              "model.passthrough.ssim_rgb": ssim_y, "model.passthrough.marked": marked}
+    summary = summarize(rows)
+    assert list(summary["passthrough"]) == ["model"]  # no compared restorer
+    assert summary["passthrough"]["model"] == pytest.approx({"psnr_y": (30 + 100 + 26) / 3, "psnr_y_worst": 26.0,
+                                                             "ssim_y": 0.9, "ssim_y_worst": 0.8,
+                                                             "psnr_rgb": (30 + 100 + 26) / 3, "marked": 0.01})
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in markdown_table(summary).splitlines()]
+    assert ["model", "52.00", "26.00", "0.9000", "0.8000", "1.00%"] in cells
+
+
 def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, clean_folder):
     torch.manual_seed(1)
     other = tmp_path / "other.pt"
@@ -100,6 +114,11 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
         scores = [quality(restored, p["clean"]) for (restored, _, _), p in zip(outputs, pairs)]
         for metric in ("psnr_y", "ssim_y", "psnr_rgb"):
             assert result["methods"][method][metric] == pytest.approx(np.mean([s[metric] for s in scores]), abs=1e-3)
+        # Its clean pass-through: the clean photographs restored, against themselves.
+        passed = [engine.restore(p["clean"]) for p in pairs]
+        psnrs = [quality(restored, p["clean"])["psnr_y"] for (restored, _, _), p in zip(passed, pairs)]
+        expected = {"psnr_y": np.mean(psnrs), "psnr_y_worst": min(psnrs), "marked": np.mean([m.mean() for _, m, _ in passed])}
+        assert {k: result["passthrough"][method][k] for k in expected} == pytest.approx(expected, abs=1e-3)
     masks, truths = np.concatenate([m.ravel() for _, m, _ in outputs]), np.concatenate([p["mask"].ravel() for p in pairs])
     counts = [int((masks & truths).sum()), int((masks & ~truths).sum()), int((~masks & truths).sum())]
     assert min(counts) > 0, counts  # the model's mask is neither empty nor everything
@@ -127,6 +146,8 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
     ran_on = f"{'bfloat16' if cpu_has_fast_bf16() else 'float32'} on cpu"  # precision auto
     assert run.data.tags["oldphoto.model_ran_on"] == result["model_ran_on"] == ran_on
     assert f"megapixels/s ({ran_on})" in (out / "table.md").read_text()
+    assert "Clean pass-through" in (out / "table.md").read_text()
+    assert run.data.metrics["model.passthrough.psnr_y"] == pytest.approx(result["passthrough"]["model"]["psnr_y"])
     assert run.data.metrics["model.psnr_y"] == pytest.approx(result["methods"]["model"]["psnr_y"])
     assert run.data.metrics["mask.f1"] == pytest.approx(result["mask"]["f1"])
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
