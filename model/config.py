@@ -87,6 +87,8 @@ class ModelConfig(_Strict):
     mapping: MappingConfig = Field(default_factory=MappingConfig)
     scratch: ScratchConfig = Field(default_factory=ScratchConfig)
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    detail: int = Field(0, ge=0, description="width of the detail path, which carries the photo's full resolution "
+                        "past the latent to the output (model/restorer.py); 0: none, as restorers before it")
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @classmethod

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .blocks import luminance
+from .blocks import conv, luminance
 from .config import ModelConfig
 from .mapping import Mapping, latent_mask
 from .scratch import ScratchDetector
-from .stages import ORDER, PATH, STAGES, first_yielding, sources
+from .stages import OPTIONAL_PARTS, ORDER, PATH, STAGES, first_yielding, sources
 from .tone import ToneCorrection
 from .vae import Decoder, Encoder
 
@@ -24,12 +24,33 @@ BUNDLE_FORMAT = "oldphoto-restorer/1"
 ScratchMode = Literal["auto", "on", "off"]
 
 
+class DetailPath(nn.Module):
+    """The photo's full resolution carried past the latent: from the input, the decoded restoration
+    and the damage mask, a correction of the restoration, so that what a latent at 1/4 resolution
+    cannot hold (fine texture, the pixels of an undamaged print) reaches the output. Its last layer
+    starts at zero: added to a trained restore path, the path restores as before until trained."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(conv(7, channels), nn.ReLU(inplace=True), conv(channels, channels),
+                                  nn.ReLU(inplace=True), conv(channels, 3))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, image: torch.Tensor, restored: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        mask = torch.zeros_like(image[:, :1]) if mask is None else mask.to(image.dtype)
+        return (restored + self.body(torch.cat([image, restored.to(image.dtype), mask], 1))).clamp(-1, 1)
+
+
 def restore_with_latents(path: nn.Module, image: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """The encoder's latent, the mapping's, and the restored image of a restore path (encoder,
-    mapping, decoder); mask None: the mapping's local branch only."""
+    mapping, decoder, and the detail path where it has one); mask None: the mapping's local branch only."""
     mean, _ = path.encoder(image)
     mapped = path.mapping(mean, None if mask is None else latent_mask(mask, mean.shape[-2:]))
-    return mean, mapped, path.decoder(mapped)
+    restored = path.decoder(mapped)
+    if path.detail is not None:
+        restored = path.detail(image, restored, mask)
+    return mean, mapped, restored
 
 
 class RestorerNetwork(nn.Module):
@@ -40,6 +61,7 @@ class RestorerNetwork(nn.Module):
         self.encoder = Encoder(config.vae)
         self.mapping = Mapping(config.mapping, config.vae.latent_channels)
         self.decoder = Decoder(config.vae)
+        self.detail = DetailPath(config.detail) if config.detail else None
         self.tone: ToneCorrection | None = None  # applied by the engine to the whole output (model/tone.py)
         self.multiple = 2**config.vae.downsamples
 
@@ -104,6 +126,7 @@ class DirectRestorer(nn.Module):
         self.encoder = Encoder(config.vae)
         self.mapping = Mapping(config.mapping, config.vae.latent_channels)
         self.decoder = Decoder(config.vae)
+        self.detail = DetailPath(config.detail) if config.detail else None
 
     forward = RestorerNetwork.forward
 
@@ -127,10 +150,10 @@ def assemble_restorer(present: set[str], load: Callable[[str], dict[str, Any]], 
             state = load(chosen[part])["trainer"]["modules"][module]
             weights |= {f"{part}.{k.removeprefix(prefix)}": v for k, v in state.items() if k.startswith(prefix)}
             part_configs[part] = configs[chosen[part]]
-        elif init is not None and (part != "tone" or init.tone is not None):
-            weights |= {k: v for k, v in init.state_dict().items() if k.startswith(f"{part}.")}
+        elif init is not None and (held := {k: v for k, v in init.state_dict().items() if k.startswith(f"{part}.")}):
+            weights |= held
             part_configs[part] = init.config
-        elif part != "tone":
+        elif part not in OPTIONAL_PARTS:
             stage = first_yielding(part, ablation)
             raise FileNotFoundError(f"{where} has no {stage} checkpoint: the restorer needs its {stage} stage trained")
     networks = {part_configs[p].model_dump_json(include={"vae", "mapping"}) for p in PATH}
@@ -138,5 +161,6 @@ def assemble_restorer(present: set[str], load: Callable[[str], dict[str, Any]], 
         raise ValueError(f"the init restorer has networks of another configuration than {where}")
     base = next((configs[chosen[p]] for p in ("scratch", *PATH, "tone") if p in chosen), None) or init.config
     path = part_configs["encoder"]
-    config = base.model_copy(update={"scratch": part_configs["scratch"].scratch, "vae": path.vae, "mapping": path.mapping})
+    config = base.model_copy(update={"scratch": part_configs["scratch"].scratch, "vae": path.vae, "mapping": path.mapping,
+                                     "detail": part_configs["detail"].detail if "detail" in part_configs else 0})
     return RestorerNetwork.from_weights(config, weights)

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 # The parts of the restore path, as RestorerNetwork names them: the scratch detector, E_RX (VAE_A's
-# encoder), the latent mapping, G_Y (VAE_B's decoder) and the tone correction of the output.
-PARTS = ("scratch", "encoder", "mapping", "decoder", "tone")
+# encoder), the latent mapping, G_Y (VAE_B's decoder), the detail path past the latent and the tone
+# correction of the output. A restorer may go without the optional ones.
+PARTS = ("scratch", "encoder", "mapping", "decoder", "detail", "tone")
 PATH = ("encoder", "mapping", "decoder")
+OPTIONAL_PARTS = ("detail", "tone")
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           doc="latent translation with the partial non-local block, both VAEs frozen"),
     Stage("scratch", "ScratchTrainer", {"scratch": ("detector", "")}, starts_from="init",
           doc="scratch-detection U-Net (fine-tunes the init's detector when one is given)"),
-    Stage("distill", "DistillTrainer", {p: ("network", f"{p}.") for p in PATH}, needs=("pairs", "real"),
+    Stage("distill", "DistillTrainer", {p: ("network", f"{p}.") for p in (*PATH, "detail")}, needs=("pairs", "real"),
           starts_from="teacher", default=False, doc="a lighter restore path learning the init restorer's"),
-    Stage("refine", "RefineTrainer", {p: ("network", f"{p}.") for p in ("mapping", "decoder")},
-          starts_from="restorer", optional=True, doc="mapping and G_Y fine-tuned end to end, E_RX frozen"),
+    Stage("refine", "RefineTrainer", {p: ("network", f"{p}.") for p in ("mapping", "decoder", "detail")},
+          starts_from="restorer", optional=True, doc="mapping, G_Y and the detail path fine-tuned end to end, E_RX frozen"),
     Stage("tone", "ToneTrainer", {"tone": ("tone", "")}, starts_from="restorer", optional=True,
           doc="colour transform and light field of the restored photo"),
-    Stage("direct", "DirectTrainer", {p: ("network", f"{p}.") for p in PATH}, default=False, ablation=True,
+    Stage("direct", "DirectTrainer", {p: ("network", f"{p}.") for p in (*PATH, "detail")}, default=False, ablation=True,
           doc="the ablation: the same path trained directly from degraded to clean photographs"),
 )}
 ORDER = tuple(STAGES)  # dependency order: a stage may start from those before it
@@ -67,7 +69,7 @@ def sources(present: set[str], ablation: bool = False, tone: bool = True) -> dic
     """Which of the present stages supplies each part of the restorer: the last in ORDER that yields
     it (refine's mapping over the mapping stage's, say). ablation: the ablation's path beside the
     detector, no tone. Parts that no present stage yields are left out."""
-    wanted = ("scratch", *PATH) if ablation else PARTS if tone else PARTS[:-1]
+    wanted = ("scratch", *PATH, "detail") if ablation else PARTS if tone else PARTS[:-1]
     found: dict[str, str] = {}
     for name in ORDER:
         if name in present and _in_restorer(STAGES[name], ablation):

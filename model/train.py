@@ -24,7 +24,7 @@ from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
-from .restorer import DirectRestorer, restore_with_latents
+from .restorer import DetailPath, DirectRestorer, restore_with_latents
 from .scratch import ScratchDetector
 from .stages import STAGES
 from .tone import ToneCorrection, thumbnail
@@ -294,15 +294,17 @@ class DirectTrainer(StageTrainer):
         return [batch["degraded"], self.trained["network"](batch["degraded"], batch["mask"]), batch["clean"]]
 
 
-class MappingDecoder(nn.Module):
-    """The part of the restore path that refine trains: the latent mapping, then G_Y."""
+class RefinedPath(nn.Module):
+    """The part of the restore path that refine trains: the latent mapping, G_Y, and the detail path
+    where the restorer has one (or the config asks for one)."""
 
-    def __init__(self, mapping: nn.Module, decoder: nn.Module):
+    def __init__(self, mapping: nn.Module, decoder: nn.Module, detail: nn.Module | None):
         super().__init__()
-        self.mapping, self.decoder = mapping, decoder
+        self.mapping, self.decoder, self.detail = mapping, decoder, detail
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.mapping(z, mask))
+    def forward(self, image: torch.Tensor, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        restored = self.decoder(self.mapping(z, latent_mask(mask, z.shape[-2:])))
+        return restored if self.detail is None else self.detail(image, restored, mask)
 
 
 class RefineTrainer(StageTrainer):
@@ -316,13 +318,18 @@ class RefineTrainer(StageTrainer):
 
     def build(self) -> dict[str, nn.Module]:
         path = self.frozen["restorer"]
-        return {"network": MappingDecoder(copy.deepcopy(path.mapping), copy.deepcopy(path.decoder)).requires_grad_(True)}
+        # A restorer without a detail path gets a new one (it starts as the identity) when the config asks.
+        detail = (copy.deepcopy(path.detail) if path.detail is not None else
+                  DetailPath(self.config.detail) if self.config.detail else None)
+        if (detail.body[0].out_channels if detail is not None else 0) != self.config.detail:
+            raise ValueError("the restorer's detail path has another width than this training's config (detail)")
+        return {"network": RefinedPath(copy.deepcopy(path.mapping), copy.deepcopy(path.decoder), detail).requires_grad_(True)}
 
     def _restore(self, batch: Batch, network: nn.Module) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
             z_x = self.frozen["restorer"].encoder(batch["degraded"])[0]
         with self.autocast():
-            return network(z_x, latent_mask(batch["mask"], z_x.shape[-2:]))
+            return network(batch["degraded"], z_x, batch["mask"])
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         out = self._restore(batch, self.wrapped["network"]).float()
@@ -351,9 +358,10 @@ def inherit_weights(student: nn.Module, teacher: nn.Module) -> None:
             raise ValueError("the student's layers do not follow the teacher's: it may only be narrower and have fewer blocks")
         pairs = [*zip(student_blocks, teacher_blocks), *zip(student_rest, teacher_rest)]
     else:
-        pairs = [(child, getattr(teacher, name)) for name, child in student.named_children()]
+        pairs = [(child, getattr(teacher, name, None)) for name, child in student.named_children()]
     for student_child, teacher_child in pairs:
-        inherit_weights(student_child, teacher_child)
+        if teacher_child is not None:  # a part the teacher lacks (a detail path) keeps its own start
+            inherit_weights(student_child, teacher_child)
 
 
 class StudentPath(DirectRestorer):

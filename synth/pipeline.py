@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from . import ageing, blur, compression, damage, noise
 from ._util import Image, Mask, check_image
@@ -115,7 +115,17 @@ class Stage(BaseModel):
 class DegradationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     grayscale: float = Field(0.25, ge=0.0, le=1.0, description="share of samples (clean and degraded) made grayscale")
+    untouched: float = Field(0.0, ge=0.0, le=1.0, description="share of samples left undegraded, so that a "
+                             "restorer learns to leave a good print as it is")
     stages: list[Stage]
+
+    @model_serializer(mode="wrap")
+    def _without_unset_untouched(self, serialize):
+        # Recipes from before `untouched` existed keep their fingerprints, and so their data sets.
+        data = serialize(self)
+        if not self.untouched:
+            data.pop("untouched", None)
+        return data
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> DegradationConfig:
@@ -149,6 +159,8 @@ class DegradationPipeline:
         clean = image
         mask = np.zeros(image.shape[:2], bool)
         applied: list[dict[str, Any]] = []
+        if self.config.untouched and rng.random() < self.config.untouched:  # no draw at 0: data sets stay as they were
+            return Degraded(clean, image, mask, {"grayscale": gray, "ops": applied})
         for stage in self.config.stages:
             order = rng.permutation(len(stage.ops)) if stage.shuffle else range(len(stage.ops))
             for index in order:
@@ -237,4 +249,7 @@ CORRUPTIONS = DegradationConfig(
     ])],
 )
 
-PRESETS: dict[str, DegradationConfig] = {"default": DEFAULT, "v2": V2, "corruptions": CORRUPTIONS}
+# What restorers train on: the default recipe, with a share of samples left as they are.
+TRAINING = DEFAULT.model_copy(update={"untouched": 0.15})
+
+PRESETS: dict[str, DegradationConfig] = {"default": DEFAULT, "v2": V2, "corruptions": CORRUPTIONS, "training": TRAINING}

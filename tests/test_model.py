@@ -191,6 +191,24 @@ def test_restorer_bundle_round_trip_and_restore(photo):
         RestorerNetwork.from_bundle({"state_dict": {}})
 
 
+def test_a_new_detail_path_leaves_the_restorer_as_it_was_until_trained(photo):
+    torch.manual_seed(0)
+    plain = RestorerNetwork(TINY).eval()
+    detailed = RestorerNetwork(TINY.model_copy(update={"detail": 8})).eval()
+    detailed.load_state_dict(plain.state_dict(), strict=False)  # all but the detail path's weights
+    image = torch.rand(1, 3, 32, 48) * 2 - 1
+    mask = (torch.rand(1, 1, 32, 48) > 0.9).float()
+    assert torch.equal(detailed(image, mask), plain(image, mask))
+    # Trained, it sees the photo at full resolution: a one-pixel change of the input moves the output there.
+    with torch.no_grad():
+        torch.nn.init.normal_(detailed.detail.body[-1].weight, std=0.1)
+        changed = image.clone()
+        changed[..., 17, 21] += 0.5
+        moved = (detailed(changed, mask) - detailed(image, mask)).abs().sum(1)[0]
+    assert moved[17, 21] > 10 * moved[0, 0] and moved[17, 21] > 0
+    assert RestorerNetwork.from_bundle(detailed.bundle()).config.detail == 8
+
+
 def test_gan_and_reconstruction_losses():
     assert kl_divergence(torch.zeros(4, 8), torch.zeros(4, 8)) == 0
     assert kl_divergence(torch.ones(4, 8), torch.zeros(4, 8)) == pytest.approx(0.5)

@@ -102,3 +102,17 @@ def test_sample_seeds_are_distinct_and_stable():
     seeds = {sample_seed(1, i) for i in range(1000)}
     assert len(seeds) == 1000
     assert sample_seed(1, 0) == sample_seed(1, 0) != sample_seed(2, 0)
+
+
+def test_an_untouched_share_leaves_samples_as_they_were_and_no_draw_when_none(photo):
+    untouched = DegradationPipeline(PRESETS["default"].model_copy(update={"untouched": 1.0}))
+    sample = untouched(photo, np.random.default_rng(3))
+    assert np.array_equal(sample.degraded, sample.clean) and not sample.mask.any() and sample.record["ops"] == []
+    share = DegradationPipeline(PRESETS["training"])
+    left = sum(not share(photo, np.random.default_rng(s)).record["ops"] for s in range(200))
+    assert 20 <= left <= 45  # 15% of 200, and a few of the default recipe's own empty draws
+    # At 0 nothing is drawn for it: the recipes' data sets and fingerprints stay as they were.
+    assert "untouched" not in PRESETS["default"].model_dump_json() and '"untouched":0.15' in PRESETS["training"].model_dump_json()
+    plain = DegradationPipeline(PRESETS["default"])(photo, np.random.default_rng(3))
+    explicit = DegradationPipeline(DegradationConfig.model_validate_json(PRESETS["default"].model_dump_json()))
+    assert explicit(photo, np.random.default_rng(3)).record == plain.record

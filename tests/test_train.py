@@ -156,6 +156,32 @@ NARROW = TINY.model_copy(deep=True)
 NARROW.vae.channels, NARROW.vae.blocks, NARROW.mapping.channels = 4, 0, 8
 
 
+def test_refine_adds_a_detail_path_to_a_restorer_without_one_and_trains_it(pairs, tmp_path):
+    """Asked for by the config, the detail path starts at zero (the restorer as it was), learns, and
+    is a part of the restorer built from the folder."""
+    from oldphoto.model.restorer import assemble_restorer
+
+    torch.manual_seed(0)
+    config = TINY.model_copy(update={"detail": 8}, deep=True)
+    config.train.lr = 2e-3
+    path = RestorerNetwork(TINY).eval()
+    trainer = RefineTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+    batch = pair_batch(_streams(pairs), 4, 32)
+    with torch.no_grad():
+        start = trainer.trained["network"](batch["degraded"], path.encoder(batch["degraded"])[0], batch["mask"])
+    assert torch.equal(start, path(batch["degraded"], batch["mask"]))
+    first = trainer.step(batch)["clean_l1"]
+    for _ in range(30):
+        last = trainer.step(batch)["clean_l1"]
+    assert last < first and trainer.trained["network"].detail.body[-1].weight.abs().max() > 0
+    states = {"refine": {"config": config.model_dump_json(), "trainer": trainer.state_dict()}}
+    restorer = assemble_restorer({"refine"}, states.__getitem__, init=path)
+    assert restorer.config.detail == 8 and restorer.detail is not None
+    assert all(torch.equal(restorer.state_dict()[f"detail.{k}"], v) for k, v in trainer.trained["network"].detail.state_dict().items())
+    with pytest.raises(ValueError, match="another width"):
+        RefineTrainer(TINY.model_copy(update={"detail": 4}), torch.device("cpu"), torch.float32, frozen={"restorer": restorer})
+
+
 def test_a_student_inherits_the_teachers_first_channels_and_blocks():
     torch.manual_seed(0)
     teacher = RestorerNetwork(TINY).eval()
