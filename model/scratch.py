@@ -42,7 +42,8 @@ class ScratchDetector(nn.Module):
         h, w = gray.shape[-2:]
         # Pad to a multiple of 2**depth so that every level lines up, then crop back.
         ph, pw = -h % self.multiple, -w % self.multiple
-        x = F.pad(gray, (0, pw, 0, ph), mode="reflect") if ph or pw else gray
+        # Reflected, as trained; a photo smaller than the padding (a few pixels) can only repeat its edge.
+        x = F.pad(gray, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate") if ph or pw else gray
         skips = []
         for i, level in enumerate(self.down):
             x = level(F.max_pool2d(x, 2) if i else x)

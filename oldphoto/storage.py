@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -119,7 +118,10 @@ def _write_bytes_atomic(url: str, data: bytes) -> None:
 
 def _write_local_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Created as cp creates files: mode 0666 less the umask (0644 under the usual 022), not
+    # mkstemp's 0600, which would hide the outputs from everyone else on a shared archive volume.
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)

@@ -103,6 +103,17 @@ def test_grayscale_stays_grayscale_and_odd_sizes_work(network, picture):
         Restorer(network, tile=130)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 9, 3), (9, 1), (2, 2, 3), (7, 7, 3), (3, 20000, 3)])
+def test_any_image_that_decodes_restores(shape):
+    """However small or thin: the shipped model's detector pads a few pixels by repeating them."""
+    from oldphoto.models import load_restorer
+    from oldphoto.tasks.restore import DEFAULT_MODEL
+
+    image = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    restored, mask, info = Restorer(load_restorer(DEFAULT_MODEL)).restore(image)
+    assert restored.shape == image.shape and restored.dtype == np.uint8 and mask.shape == shape[:2]
+
+
 def test_bf16_agrees_with_fp32(contrasty, picture):
     image = picture[:96, :128].copy()
     image[40:43] = 255  # a scratch, so that the non-local branch runs too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,19 @@ def test_local_write_is_atomic_and_leaves_no_temporary(tmp_path, monkeypatch):
         storage.write_bytes_atomic(str(target), b"new content")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_written_files_get_the_mode_the_umask_gives_as_cp_would(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        storage.write_bytes_atomic(str(tmp_path / "new.jpg"), b"photo")
+        (tmp_path / "old.jpg").write_bytes(b"before")
+        storage.write_bytes_atomic(str(tmp_path / "old.jpg"), b"replaced")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.jpg").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "old.jpg").stat().st_mode) == mode
 
 
 def test_settings_reach_s3(bucket, s3_endpoint):
