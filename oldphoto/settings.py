@@ -12,21 +12,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "OLDPHOTO_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    """Each setting from its flag, else its OLDPHOTO_* variable, else the ecosystem's own convention
+    (MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, dask's scheduler-address, which
+    DASK_SCHEDULER_ADDRESS sets), else the default."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", populate_by_name=True)
 
     home: Path = Field(Path(".oldphoto"), description="local state: MLflow database, caches")
-    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000", validation_alias=AliasChoices(
+        "OLDPHOTO_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="extra fsspec options for every URL (JSON in the environment)"
     )
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server or database; none: a SQLite file under home")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server or database; none: a SQLite file under home",
+                                            validation_alias=AliasChoices("OLDPHOTO_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"))
     dask_address: str | None = Field(None, description="existing Dask scheduler; none means a local cluster")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU where there is one, else the CPU")
     torch_threads: int | None = Field(None, gt=0, description="torch threads per process; none: torch's default")
@@ -35,6 +41,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return value or None
+
+    @model_validator(mode="after")
+    def _dask_convention(self) -> "Settings":
+        if self.dask_address is None:
+            import dask
+
+            self.dask_address = dask.config.get("scheduler-address", None) or None
+        return self
 
     @property
     def tracking_uri(self) -> str:
