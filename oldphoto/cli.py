@@ -11,13 +11,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from . import __version__
+from . import SAMPLES, __version__
 from .options import add_options, option_values
 from .settings import configure, get_settings
 
 
-# Held out: never used for training (see MODEL_CARD.md); relative to the repository root.
-DEFAULT_HELDOUT = "../shared/data/clean/bsds500/test"
 
 
 # Settings each kind of command takes on its command line (all of them also as OLDPHOTO_* variables).
@@ -92,7 +90,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .storage import absolute
     from .tasks.evaluate import EvaluateConfig
 
-    clean = None if args.pairs else (args.clean or DEFAULT_HELDOUT)
+    clean = None if args.pairs else (args.clean or str(SAMPLES))
     workers, settings, config = _model_workers(args, EvaluateConfig)
     runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
     with prefect_api():
@@ -223,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="score a restorer and the classical baselines on held-out pairs")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--pairs", help="folder or URL of synthesized pairs to score on")
-    data.add_argument("--clean", help=f"clean photographs to synthesize a held-out set from (default: {DEFAULT_HELDOUT})")
+    data.add_argument("--clean", help="clean photographs to synthesize a held-out set from (default: the photographs "
+                      "the package ships; the model card's figures use BSDS500 test)")
     p.add_argument("--real", help="folder or URL of real old photographs for a before/after sheet")
     p.add_argument("--out", help="folder or URL for the results (default: under OLDPHOTO_HOME/evaluations)")
     add_options(p, EvaluateConfig, "evaluation")

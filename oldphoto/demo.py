@@ -11,12 +11,12 @@ import jinja2
 import numpy as np
 from PIL import Image
 
+from . import SAMPLES
 from .cli import main as cli_main
 from .images import encode_png
 from .model.metrics import quality
 from .synth import DegradationConfig, DegradationPipeline, Op, Stage, make_sample
 
-SAMPLES = Path(__file__).parent / "samples"
 SEED = 1
 # What an old print shows: faded, grainy, scratched and cracked (the synth operations, fixed ranges).
 AGEING = DegradationConfig(grayscale=0.0, stages=[Stage(name="age", ops=[

@@ -18,7 +18,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 from tabulate import tabulate
 
-from oldphoto import storage
+from oldphoto import SAMPLES, storage
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.stages import DEFAULT, STAGES, sources
 from oldphoto.model.train import load_state
@@ -42,7 +42,8 @@ class RetrainConfig(BaseModel):
                                           "under a champion without refine (whose mapping refine replaces)")
     steps: int = Field(500, gt=0, description="steps per stage beyond the champion's")
     margin_db: float = Field(0.1, description="Y-PSNR the challenger must gain over the champion to replace it")
-    heldout: str = Field("../shared/data/clean/bsds500/test", description="clean photographs of the fixed evaluation set")
+    heldout: str = Field(str(SAMPLES), description="clean photographs of the fixed evaluation set (default: the "
+                         "photographs the package ships; name your own held-out set)")
     evaluation: EvaluateConfig = Field(default_factory=EvaluateConfig, description="its seed, count, crop; model and compare are set by the flow")
 
 

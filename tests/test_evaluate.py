@@ -14,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from oldphoto import storage
+from oldphoto import SAMPLES, storage
 from oldphoto.cli import main
 from oldphoto.flows.evaluate import evaluate
 from oldphoto.model.baselines import non_local_means
@@ -232,6 +232,10 @@ def test_cli_prints_the_table_and_where_the_results_are(tmp_path, clean_folder, 
     assert "| degraded " in printed and "| model " in printed and "Damage mask of the model" in printed
     assert f"results: {tmp_path / 'cli'}" in printed
     assert len(pq.read_table(io.BytesIO((tmp_path / "cli" / "samples.parquet").read_bytes()))) == 2
+    # Without --clean or --pairs: a held-out set from the photographs the package ships.
+    assert main(["evaluate", "--model", model, "--count", "2", "--crop", "40", "--out", str(tmp_path / "shipped")]) == 0
+    keys = pq.read_table(io.BytesIO((tmp_path / "shipped" / "samples.parquet").read_bytes()))["source_key"].to_pylist()
+    assert len(keys) == 2 and all((SAMPLES / key).is_file() for key in keys)
     with pytest.raises(SystemExit):  # argparse: --pairs and --clean exclude each other
         main(["evaluate", "--pairs", str(tmp_path), "--clean", str(clean_folder)])
     assert main(["evaluate", "--model", str(tmp_path / "nope.pt"), "--clean", str(clean_folder)]) == 2
