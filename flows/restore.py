@@ -26,11 +26,11 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
 
     # On a worker, which keeps the model loaded for the batches.
     version = check_model.submit(config.model, config.device, config.precision, config.tile).result()
-    root, keys = list_inputs(src, dst)
+    root, stamps = list_inputs(src, dst)
+    keys = list(stamps)
     previous = read_manifest(dst)
-    done = {k: r["sha256"] for k, r in previous.items() if r["status"] in ("restored", "skipped")
-            and r["model_version"] == version}
-    batches = [keys[i : i + config.batch_size] for i in range(0, len(keys), config.batch_size)]
+    done = {k: r for k, r in previous.items() if r["status"] in ("restored", "skipped") and r["model_version"] == version}
+    batches = [{k: stamps[k] for k in keys[i : i + config.batch_size]} for i in range(0, len(keys), config.batch_size)]
     logger.info("%d images under %s, %d restored earlier with model %s", len(keys), src, len(done), version)
 
     run_id = new_run_id()

@@ -62,24 +62,39 @@ def list_images(url: str) -> list[str]:
 
     A url that names a single image gives that image's file name.
     """
+    return sorted(stamped_images(url))
+
+
+def stamped_images(url: str) -> dict[str, str]:
+    """The image keys under url (as list_images) with a stamp of each file's version, from the listing
+    alone: its size and modification time, or its ETag where the store gives one (S3). A file whose
+    stamp is unchanged has not been written since."""
     with _unreachable_as_oserror(url):
-        return _list_images(url)
+        return _stamped_images(url)
 
 
-def _list_images(url: str) -> list[str]:
+def _stamp(info: dict) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"{info.get('size')}:{str(etag).strip(chr(34))}"
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+    return f"{info.get('size')}:{mtime.timestamp() if hasattr(mtime, 'timestamp') else mtime}"
+
+
+def _stamped_images(url: str) -> dict[str, str]:
     fs, root = filesystem(url)
     if not fs.exists(root):
         raise FileNotFoundError(f"{url}: no such file, folder or prefix")
     if fs.isfile(root):
-        return [posixpath.basename(root)] if _is_image(root) else []
+        return {posixpath.basename(root): _stamp(fs.info(root))} if _is_image(root) else {}
     root = root.rstrip("/")
-    keys = []
-    for path in fs.find(root):
+    stamps = {}
+    for path, info in fs.find(root, detail=True).items():
         key = posixpath.relpath(path, root)
         # Hidden files are not photos; a key that climbs out ("..") is kept, to be refused with its reason.
         if _is_image(key) and not any(part.startswith(".") and part != ".." for part in key.split("/")):
-            keys.append(key)
-    return sorted(keys)
+            stamps[key] = _stamp(info)
+    return stamps
 
 
 def _is_image(key: str) -> bool:

@@ -43,6 +43,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()),
     ("size", pa.int64()),
     ("sha256", pa.string()),
+    ("stamp", pa.string()),  # the input's size and mtime or ETag when it was read (storage.stamped_images)
     ("status", pa.string()),  # restored, failed, skipped
     ("reason", pa.string()),
     ("output_key", pa.string()),
@@ -76,6 +77,8 @@ class RestoreConfig(EngineConfig):
 
     batch_size: int = Field(8, gt=0, description="images per task: more spreads each task's overhead, fewer redoes less after a crash")
     force: bool = Field(False, description="restore again what the manifest says is done")
+    verify: bool = Field(False, description="read and hash every input to find changes, even those that kept "
+                         "their size and modification time (or ETag); without it a rerun skips them unread")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused (decompression bombs)")
 
 
@@ -134,10 +137,11 @@ def is_safe_key(key: str) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])
-def list_inputs(src: str, dst: str) -> tuple[str, list[str]]:
-    """(root, keys) of the images to restore: SRC may be a folder, prefix or a single file. Outputs of
-    an earlier run are left out when DST lies inside SRC."""
-    keys = storage.list_images(src)
+def list_inputs(src: str, dst: str) -> tuple[str, dict[str, str]]:
+    """(root, key -> stamp) of the images to restore: SRC may be a folder, prefix or a single file.
+    Outputs of an earlier run are left out when DST lies inside SRC."""
+    stamps = storage.stamped_images(src)
+    keys = sorted(stamps)
     fs, path = storage.filesystem(src)
     root = posixpath.dirname(src.rstrip("/")) if fs.isfile(path) else src
     if storage.absolute(root).rstrip("/") == storage.absolute(dst).rstrip("/"):
@@ -145,7 +149,7 @@ def list_inputs(src: str, dst: str) -> tuple[str, list[str]]:
     inside = posixpath.relpath(storage.absolute(dst), storage.absolute(root)) if _same_store(root, dst) else ".."
     if not inside.startswith(".."):
         keys = [k for k in keys if not (k == inside or k.startswith(inside.rstrip("/") + "/"))]
-    return root, keys
+    return root, {k: stamps[k] for k in keys}
 
 
 def _same_store(a: str, b: str) -> bool:
@@ -173,9 +177,10 @@ def read_manifest(dst: str) -> dict[str, dict[str, Any]]:
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])
-def restore_batch(src: str, dst: str, keys: list[str], config: RestoreConfig, done: dict[str, str],
+def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfig, done: dict[str, dict[str, Any]],
                   run_id: str, batch: int) -> list[dict[str, Any]]:
-    """Restore keys from src into dst. done: key -> input sha256 restored earlier with this model.
+    """Restore keys (key -> stamp) from src into dst. done: key -> its manifest row, restored earlier
+    with this model.
     Reading and decoding the next image, and encoding and writing the last, run in threads beside the
     network (which releases the GIL); torch's own threads do the compute."""
     restorer, version = restorer_for(config.model, config.device, config.precision, config.tile)
@@ -183,14 +188,16 @@ def restore_batch(src: str, dst: str, keys: list[str], config: RestoreConfig, do
     pending: tuple[dict[str, Any], Future] | None = None  # the output being written
     with ThreadPoolExecutor(max_workers=2) as io_pool:
         def load(key: str) -> Future:
-            return io_pool.submit(_load, src, dst, key, done.get(key) if not config.force else None, config.max_pixels)
+            return io_pool.submit(_load, src, dst, key, keys[key], None if config.force else done.get(key),
+                                  config.verify, config.max_pixels)
 
-        loads = [load(key) for key in keys[:1]]
-        for i, key in enumerate(keys):
-            if i + 1 < len(keys):  # one image ahead: overlap without holding a whole batch in memory
-                loads.append(load(keys[i + 1]))
+        order = list(keys)
+        loads = [load(key) for key in order[:1]]
+        for i, key in enumerate(order):
+            if i + 1 < len(order):  # one image ahead: overlap without holding a whole batch in memory
+                loads.append(load(order[i + 1]))
             started = time.perf_counter()
-            row = {"key": key, "size": None, "sha256": None, "status": "failed", "reason": None,
+            row = {"key": key, "size": None, "sha256": None, "stamp": keys[key], "status": "failed", "reason": None,
                    "output_key": None, "model_name": config.model, "model_version": version}
             try:
                 size, sha256, image = loads[i].result()
@@ -232,15 +239,19 @@ def _settle(pending: tuple[dict[str, Any], Future] | None) -> None:
             row.update(status="failed", reason=f"writing the output: {type(error).__name__}: {error}", output_key=None)
 
 
-def _load(src: str, dst: str, key: str, done_sha256: str | None,
+def _load(src: str, dst: str, key: str, stamp: str, previous: dict[str, Any] | None, verify: bool,
           max_pixels: int) -> tuple[int, str, ArchiveImage | Exception | None]:
-    """Size, sha256 and the decoded image of an input; or the error decoding gave; or None when the
-    same bytes were restored before with this model and the output is still there (not decoded)."""
+    """Size, sha256 and the decoded image of an input; or the error decoding gave; or None when it was
+    restored before with this model and the output is still there: known unchanged by its stamp
+    without opening it, or (verify, or no stamp recorded) by hashing its bytes."""
     if not is_safe_key(key):
         raise ValueError(f"{key!r}: key would write outside the destination")
+    done = previous is not None and storage.exists(storage.join(dst, key))
+    if done and not verify and previous.get("stamp") == stamp:
+        return previous["size"], previous["sha256"], None
     data = storage.read_bytes(storage.join(src, key))
     sha256 = hashlib.sha256(data).hexdigest()
-    if done_sha256 == sha256 and storage.exists(storage.join(dst, key)):
+    if done and previous["sha256"] == sha256:
         return len(data), sha256, None
     try:
         return len(data), sha256, decode_archive(data, key, max_pixels)

@@ -173,6 +173,33 @@ def test_restored_pixels_fill_the_damage_and_keep_the_rest(tmp_path):
     assert mean_difference(restored, damaged, away) < 12
 
 
+def test_a_rerun_skips_unchanged_inputs_without_opening_them(tmp_path, model):
+    """Known unchanged by size and modification time alone; --verify hashes them; a touched one is redone."""
+    src = tmp_path / "scans"
+    src.mkdir()
+    for i in range(4):
+        (src / f"{i}.png").write_bytes(save(picture(40, 48, i), "PNG"))
+    dst = str(tmp_path / "restored")
+    assert run(str(src), dst, model=model)["restored"] == 4
+    assert all(r["stamp"] for r in read_manifest(dst).values())
+    # 0.png's bytes change but keep their size and time: a rerun that opened it would restore it again.
+    swapped = src / "0.png"
+    stat = swapped.stat()
+    data = bytearray(swapped.read_bytes())
+    data[-20] ^= 0xFF  # inside the PNG's last chunk CRC region: same size, other bytes
+    swapped.write_bytes(bytes(data))
+    os.utime(swapped, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = run(str(src), dst, model=model)
+    assert (again["restored"], again["skipped"]) == (0, 4), "nothing opened, nothing redone"
+    verified = run(str(src), dst, model=model, verify=True)
+    assert (verified["skipped"], verified["failed"]) == (3, 1), "hashing finds the changed bytes (now a bad CRC)"
+    (src / "2.png").write_bytes(save(picture(40, 48, 9), "PNG"))  # a new photo under the same name
+    (src / "3.png").touch()  # a new time, the same bytes: read, hashed, and found unchanged
+    changed = run(str(src), dst, model=model)
+    assert (changed["restored"], changed["skipped"], changed["failed"]) == (1, 2, 1)
+    assert read_manifest(dst)["2.png"]["stamp"] == storage.stamped_images(str(src))["2.png"]
+
+
 def test_the_report_escapes_what_the_archive_names(tmp_path):
     from oldphoto.tasks.restore import thumbnail_key, write_report
 
