@@ -194,7 +194,7 @@ def stack(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The commands; their options come from the configs they fill (oldphoto/options.py)."""
-    from .model.stages import DEFAULT, ORDER
+    from .model.stages import DEFAULT, ORDER, STAGES
     from .stack import StackConfig
     from .tasks.evaluate import EvaluateConfig
     from .tasks.restore import RestoreConfig
@@ -239,9 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
     _add_training_arguments(p)
-    p.add_argument("--stages", default=",".join(DEFAULT),
-                   help="comma-separated stages to train, of " + ", ".join(ORDER) + "; 'direct' trains and registers "
-                   "the ablation instead; 'distill' trains this --config's lighter restore path from the --init restorer")
+    p.add_argument("--stages", default=",".join(DEFAULT), help="comma-separated stages to train (default: %(default)s): "
+                   + "; ".join(f"{name}: {stage.doc}" for name, stage in STAGES.items()))
     p.add_argument("--checkpoints", help="folder or URL for checkpoints (default: one per config and data under OLDPHOTO_HOME)")
     p.add_argument("--model-name", default="oldphoto-restorer", help="registered model name in MLflow")
     p.set_defaults(run=train)
