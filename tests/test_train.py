@@ -58,12 +58,14 @@ def test_each_part_of_a_restorer_comes_from_the_last_stage_that_yields_it():
     triplet = {"vae_a", "vae_b", "mapping", "scratch"}
     assert sources(triplet) == {"scratch": "scratch", "encoder": "vae_a", "mapping": "mapping", "decoder": "vae_b"}
     assert sources(triplet | {"refine", "tone"}) == {"scratch": "scratch", "encoder": "vae_a", "mapping": "refine",
-                                                     "decoder": "refine", "tone": "tone"}
+                                                     "decoder": "refine", "detail": "refine", "tone": "tone"}
     assert "tone" not in sources(triplet | {"tone"}, tone=False)
-    assert sources({"distill", "tone"}) == {"encoder": "distill", "mapping": "distill", "decoder": "distill", "tone": "tone"}
+    assert sources({"distill", "tone"}) == {"encoder": "distill", "mapping": "distill", "decoder": "distill",
+                                            "detail": "distill", "tone": "tone"}
+    assert sources({"distill", "refine"})["mapping"] == "refine"  # refine fine-tunes the distilled path
     # The ablation's restorer is its own path beside the triplet's detector; the triplet never takes its weights.
     assert sources(triplet | {"direct", "tone"}, ablation=True) == {"scratch": "scratch", "encoder": "direct",
-                                                                    "mapping": "direct", "decoder": "direct"}
+                                                                    "mapping": "direct", "decoder": "direct", "detail": "direct"}
     assert sources(triplet | {"direct"}) == sources(triplet)
 
 
