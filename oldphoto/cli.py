@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the INFO logs of Prefect, Dask and the other libraries on the console too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("synth", help="degrade clean photographs into Parquet shards of training pairs")
@@ -305,7 +307,19 @@ def exit_on_sigterm() -> Iterator[None]:
         os.close(write)
 
 
+def quiet_console(argv: Sequence[str]) -> None:
+    """Unless -v: the libraries' INFO lines (Prefect's task runs, Dask's connections) stay off the
+    console, here and in the workers started from here, which take this environment; they still reach
+    the Prefect API. Set before Prefect or Dask is imported, which is when they read it; a user's own
+    setting of either wins."""
+    if "-v" in argv or "--verbose" in argv:
+        return
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_console(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         with exit_on_sigterm():

@@ -1,13 +1,16 @@
 """Progress of a flow over its items, one count reported three ways: a rich progress bar when the
-console is a terminal, and everywhere a Prefect progress artifact and a log line with the rate."""
+console is a terminal, and everywhere a Prefect progress artifact and a log line with the rate (also
+printed as a plain line where the console is no terminal and does not show INFO logs: CI, cron)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
+from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -42,11 +45,19 @@ class FlowProgress:
         if now - self.reported >= self.every_s or done >= self.total:
             self.reported = now
             update_progress_artifact(self.artifact, 100.0 * done / max(1, self.total))
-            self.logger.info("%d/%d %s%s, %.2f %s/s", done, self.total, self.unit, f" ({detail})" if detail else "",
-                             self.rate(), self.unit)
+            line = f"{done}/{self.total} {self.unit}{f' ({detail})' if detail else ''}, {self.rate():.2f} {self.unit}/s"
+            self.logger.info(line)
+            if self.bar is None and not _console_shows_info():
+                print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
         if self.total == 0:  # nothing to do: done at once
             update_progress_artifact(self.artifact, 100.0)
+
+
+def _console_shows_info() -> bool:
+    """Whether Prefect's console handler (on the root logger, or on `prefect` in older set-ups) prints INFO."""
+    handlers = [*logging.getLogger().handlers, *logging.getLogger("prefect").handlers]
+    return any(isinstance(h, PrefectConsoleHandler) and h.level <= logging.INFO for h in handlers)

@@ -53,3 +53,16 @@ def test_on_a_terminal_a_bar_shows_the_count_the_detail_and_the_eta(monkeypatch)
     count_to(12, every_s=5.0)
     drawn = terminal.getvalue()
     assert "12/12" in drawn and "3 failed" in drawn and "ETA" in drawn and "photos" in drawn
+
+
+def test_a_console_that_hides_info_gets_the_progress_as_plain_lines(monkeypatch):
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    count_to(1, every_s=5.0)  # Prefect sets its logging up with the first run
+    console = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    assert console
+    monkeypatch.setattr(console[0], "level", logging.WARNING)  # as `oldphoto` sets it without -v
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    count_to(10, every_s=5.0)
+    assert [line.split(",")[0] for line in sys.stderr.getvalue().splitlines()] == ["1/10 photos (0 failed)",
+                                                                                 "10/10 photos (2 failed)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -198,6 +199,28 @@ def test_a_rerun_skips_unchanged_inputs_without_opening_them(tmp_path, model):
     changed = run(str(src), dst, model=model)
     assert (changed["restored"], changed["skipped"], changed["failed"]) == (1, 2, 1)
     assert read_manifest(dst)["2.png"]["stamp"] == storage.stamped_images(str(src))["2.png"]
+
+
+def test_the_console_shows_progress_and_the_summary_and_libraries_info_only_with_v(tmp_path, model):
+    """Off a terminal (as in CI or cron): plain progress lines and the JSON summary last; Prefect's
+    task-run and Dask's INFO lines only with -v."""
+    src = tmp_path / "scans"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(save(picture(40, 48, i), "PNG"))
+    env = {k: v for k, v in os.environ.items() if k not in ("OLDPHOTO_DASK_ADDRESS", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
+                                                             "DASK_LOGGING__DISTRIBUTED")}
+    outputs = {}
+    for flags in ([], ["-v"]):
+        done = subprocess.run([sys.executable, "-m", "oldphoto.cli", *flags, "restore", str(src), str(tmp_path / f"out{len(flags)}"),
+                               "--model", model], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[len(flags)] = done
+    quiet, verbose = outputs[0], outputs[1]
+    assert "3/3 images (0 failed)" in quiet.stderr
+    assert "Task run" not in quiet.stderr and "distributed." not in quiet.stderr and "| INFO" not in quiet.stderr
+    assert "Task run" in verbose.stderr and "| INFO" in verbose.stderr
+    assert json.loads(quiet.stdout)["restored"] == 3, "the summary is the last thing printed"
 
 
 def test_the_report_escapes_what_the_archive_names(tmp_path):
