@@ -307,26 +307,36 @@ def exit_on_sigterm() -> Iterator[None]:
         os.close(write)
 
 
-def quiet_console(argv: Sequence[str]) -> None:
-    """Unless -v: the libraries' INFO lines (Prefect's task runs, Dask's connections) stay off the
-    console, here and in the workers started from here, which take this environment; they still reach
-    the Prefect API. Set before Prefect or Dask is imported, which is when they read it; a user's own
-    setting of either wins."""
-    if "-v" in argv or "--verbose" in argv:
-        return
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+QUIET = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "warning"}
+
+
+@contextmanager
+def quiet_console(argv: Sequence[str]) -> Iterator[None]:
+    """Unless -v, while a command runs flows: the libraries' INFO lines (Prefect's task runs, Dask's
+    connections) stay off the console, in this process and the workers it starts, which take this
+    environment; they still reach the Prefect API. Set before Prefect or Dask is imported, which is
+    when they read it; a user's own setting of either wins. `stack` is left alone: its services
+    keep their INFO logs in their log files."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    quiet = command in ("synth", "restore", "evaluate", "train", "train-stage") and not {"-v", "--verbose"} & set(argv)
+    added = {k: v for k, v in QUIET.items() if k not in os.environ} if quiet else {}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_console(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    try:
-        with exit_on_sigterm():
-            return args.run(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"oldphoto {args.command}: error: {_reason(error)}", file=sys.stderr)
-        return 2
+    with quiet_console(sys.argv[1:] if argv is None else argv):
+        args = build_parser().parse_args(argv)
+        try:
+            with exit_on_sigterm():
+                return args.run(args)
+        except (FileNotFoundError, FileExistsError, ValueError) as error:
+            print(f"oldphoto {args.command}: error: {_reason(error)}", file=sys.stderr)
+            return 2
 
 
 def _reason(error: Exception) -> str:

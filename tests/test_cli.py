@@ -57,3 +57,11 @@ def test_a_bad_value_is_refused_with_the_field_and_the_reason(tmp_path, capsys):
     assert "--degradation: degradation config 'nope': neither a preset" in capsys.readouterr().err
     assert main(["synth", str(tmp_path), str(tmp_path / "out"), "--crop", "8"]) == 2
     assert "crop: Input should be greater than or equal to 16" in capsys.readouterr().err
+
+
+def test_quieting_the_console_leaves_the_environment_as_it_was(tmp_path):
+    import os
+
+    before = {k: os.environ.get(k) for k in ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DASK_LOGGING__DISTRIBUTED")}
+    assert main(["synth", str(tmp_path / "nope"), str(tmp_path / "out"), "--count", "1"]) == 2
+    assert {k: os.environ.get(k) for k in before} == before, "nothing leaks into what runs after (a stack, a scheduler)"
