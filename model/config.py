@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -90,6 +90,14 @@ class ModelConfig(_Strict):
     detail: int = Field(0, ge=0, description="width of the detail path, which carries the photo's full resolution "
                         "past the latent to the output (model/restorer.py); 0: none, as restorers before it")
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_serializer(mode="wrap")
+    def _without_an_absent_detail_path(self, serialize):
+        # Configs from before the detail path keep their JSON, and so their checkpoint folders' names.
+        data = serialize(self)
+        if isinstance(data, dict) and not self.detail:
+            data.pop("detail", None)
+        return data
 
     @classmethod
     def load(cls, name_or_path: str) -> "ModelConfig":

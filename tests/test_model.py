@@ -207,6 +207,8 @@ def test_a_new_detail_path_leaves_the_restorer_as_it_was_until_trained(photo):
         moved = (detailed(changed, mask) - detailed(image, mask)).abs().sum(1)[0]
     assert moved[17, 21] > 10 * moved[0, 0] and moved[17, 21] > 0
     assert RestorerNetwork.from_bundle(detailed.bundle()).config.detail == 8
+    # A config without one serializes as before the detail path existed (checkpoint folders keep their names).
+    assert "detail" not in TINY.model_dump_json() and '"detail":8' in detailed.config.model_dump_json()
 
 
 def test_gan_and_reconstruction_losses():
