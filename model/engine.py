@@ -145,14 +145,14 @@ class Restorer:
                        ) -> tuple[torch.Tensor, int]:
         """The restored padded image, and how many tiles ran the non-local branch (those with damage
         under "auto", every one under "on")."""
-        def uses_global(region) -> bool:
-            return scratch == "on" or (scratch == "auto" and bool(mask[region].any()))
+        global_tiles = []
 
         def restore_tile(tile: torch.Tensor, region) -> torch.Tensor:
-            return self.network(tile, mask[region].to(self.device) if uses_global(region) else None)
+            uses_global = scratch == "on" or (scratch == "auto" and bool(mask[region].any()))
+            global_tiles.append(uses_global)
+            return self.network(tile, mask[region].to(self.device) if uses_global else None)
 
-        out = self._blended(rgb, scale, 3, restore_tile)
-        return out, sum(uses_global(region) for region in self._regions(*rgb.shape[:2]))
+        return self._blended(rgb, scale, 3, restore_tile), sum(global_tiles)
 
     def _tone(self, out: torch.Tensor, rgb: np.ndarray, scale: float) -> torch.Tensor:
         """The tone correction of the whole output, when the model has one: one transform and one
@@ -179,9 +179,6 @@ class Restorer:
         small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
         small = small.reshape(*size, -1) * (2 / scale) - 1
         return torch.from_numpy(small).permute(2, 0, 1)[None].expand(1, 3, -1, -1)
-
-    def _regions(self, h: int, w: int) -> list[tuple]:
-        return [(..., slice(y, y + th), slice(x, x + tw)) for y, x, th, tw in self._tiles(h, w)]
 
     def _blended(self, array: np.ndarray, scale: float, channels: int, run) -> torch.Tensor:
         """run(tile, region) on every tile of the padded image; the results blended into one image of

@@ -62,8 +62,7 @@ def _model_workers(args: argparse.Namespace, config_type):
 
     local = not (args.dask_address or get_settings().dask_address)
     workers = (args.workers or 1) if local else args.workers
-    settings = _settings_from(args, device=args.device,
-                              torch_threads=max(1, usable_cores() // workers) if local else None)
+    settings = _settings_from(args, torch_threads=max(1, usable_cores() // workers) if local else None)
     config = config_type(**{"device": settings.device} | option_values(args, config_type))
     return workers, settings, config
 

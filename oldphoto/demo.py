@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import jinja2
 import numpy as np
 from PIL import Image
 
@@ -15,6 +14,7 @@ from . import SAMPLES
 from .cli import main as cli_main
 from .images import encode_png
 from .model.metrics import quality
+from .pages import render
 from .synth import DegradationConfig, DegradationPipeline, Op, Stage, make_sample
 
 SEED = 1
@@ -54,9 +54,8 @@ def main(out: Path = Path("out/demo")) -> None:
         raise SystemExit(code)
     photos = [{"name": name, "aged": _scores(aged / f"{name}.png", originals / f"{name}.png"),
                "restored": _scores(restored / f"{name}.png", originals / f"{name}.png")} for name in names]
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("oldphoto", "templates"), autoescape=True)
     page = out / "index.html"
-    page.write_text(environment.get_template("demo.html").render(photos=photos), encoding="utf-8")
+    page.write_text(render("demo.html", photos=photos), encoding="utf-8")
     for photo in photos:
         print(f"{photo['name']:10} aged {photo['aged']['psnr_y']:5.2f} dB -> restored {photo['restored']['psnr_y']:5.2f} dB "
               "(Y-PSNR against the original)")

@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +32,7 @@ import oldphoto
 from oldphoto import storage
 from oldphoto.images import (DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, decode_archive, encode_archive,
                              to_rgb8)
+from oldphoto.pages import render
 from oldphoto.runtime import keep_freed_memory
 
 DEFAULT_MODEL = str(Path(oldphoto.__file__).resolve().parent / "weights" / "default.pt")  # shipped, see its card
@@ -307,18 +307,12 @@ def fold_manifest(dst: str) -> str:
 @task(retries=2, retry_delay_seconds=[2, 10])
 def write_report(dst: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """DST/_report/index.html: the summary, before/after thumbnails of this run's images, the failures."""
-    page = _templates().get_template("restore_report.html").render(
+    page = render("restore_report.html",
         summary=summary, thumbnail_key=thumbnail_key, failed=[r for r in rows if r["status"] == "failed"],
         restored=[r for r in rows if r["status"] in ("restored", "skipped") and r["output_key"]])
     url = storage.join(dst, REPORT_DIR, "index.html")
     storage.write_bytes_atomic(url, page.encode())
     return url
-
-
-@functools.cache
-def _templates() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("oldphoto", "templates"), autoescape=True,
-                              trim_blocks=True, lstrip_blocks=True)
 
 
 def new_run_id() -> str:

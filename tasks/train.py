@@ -120,7 +120,8 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device_ = pick_device(device or get_settings().device)
-    if world > 1 and not dist.is_initialized():
+    joins = world > 1 and not dist.is_initialized()
+    if joins:
         if device_.type == "cuda":
             device_ = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device_)
@@ -177,6 +178,8 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
     train_loop(trainer, next_batch, t.steps, on_metrics=on_metrics, on_preview=on_preview, on_checkpoint=on_checkpoint)
     seconds = time.perf_counter() - started
     check_ranks_agree(trainer)
+    if joins:  # left to interpreter exit, gloo's threads can abort the process after the work is done
+        dist.destroy_process_group()
     if client and trainer.step_count > resumed_at:
         if "://" not in url:
             client.log_artifact(run_id, url, "checkpoints")
