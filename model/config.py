@@ -75,8 +75,18 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, gt=0, description="steps between metric logs")
     image_every: int = Field(500, gt=0, description="steps between sample grids")
     checkpoint_every: int = Field(200, gt=0)
+    scales: tuple[float, float] = Field((1.0, 1.0), description="each training pair seen at a random scale in "
+                                        "this range (log-uniform; the scratch detector learns damage at every scan resolution)")
     vgg_weights: str | None = Field(None, description="local path or URL of VGG19 ImageNet weights; none: VGG loss off")
     weights: LossWeights = Field(default_factory=LossWeights)
+
+    @model_serializer(mode="wrap")
+    def _without_default_scales(self, serialize):
+        # Configs from before scales keep their JSON, and so their checkpoint folders' names.
+        data = serialize(self)
+        if isinstance(data, dict) and tuple(self.scales) == (1.0, 1.0):
+            data.pop("scales", None)
+        return data
 
 
 class ModelConfig(_Strict):

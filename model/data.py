@@ -105,11 +105,32 @@ def to_batch(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def pair_batch(stream: SampleStream, count: int, crop: int) -> dict[str, torch.Tensor]:
-    """A batch of synthetic pairs: clean, degraded (B x 3 x crop x crop) and mask (B x 1 x crop x crop)."""
+def rescaled_crop(images: list[np.ndarray], size: int, scale: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """A size x size crop of aligned images seen at scale times their resolution: a region of size /
+    scale pixels (at most the images' short side), resized to size. Boolean masks are resized as
+    coverage and thresholded at a half, so that damage keeps its width at the new scale."""
+    region = min(max(1, round(size / scale)), *images[0].shape[:2])
+    out = []
+    for im in crop_and_flip(images, region, rng):
+        interpolation = cv2.INTER_AREA if region > size else cv2.INTER_LINEAR if im.dtype == bool else cv2.INTER_CUBIC
+        if im.dtype == bool:
+            out.append(cv2.resize(im.astype(np.float32), (size, size), interpolation=interpolation) > 0.5)
+        else:
+            out.append(cv2.resize(im, (size, size), interpolation=interpolation))
+    return out
+
+
+def pair_batch(stream: SampleStream, count: int, crop: int, scales: tuple[float, float] = (1.0, 1.0)) -> dict[str, torch.Tensor]:
+    """A batch of synthetic pairs: clean, degraded (B x 3 x crop x crop) and mask (B x 1 x crop x crop);
+    scales: each pair seen at a random scale in that range (log-uniform), as scans of other
+    resolutions show the same damage wider or narrower."""
     clean, degraded, mask = [], [], []
     for sample, rng in stream.take(count):
-        c, d, m = crop_and_flip([sample["clean"], sample["degraded"], sample["mask"]], crop, rng)
+        images = [sample["clean"], sample["degraded"], sample["mask"]]
+        if scales == (1.0, 1.0):
+            c, d, m = crop_and_flip(images, crop, rng)
+        else:
+            c, d, m = rescaled_crop(images, crop, float(np.exp(rng.uniform(*np.log(scales)))), rng)
         clean.append(c), degraded.append(d), mask.append(m)
     return {"clean": to_batch(clean), "degraded": to_batch(degraded), "mask": to_batch(mask)}
 

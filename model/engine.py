@@ -123,6 +123,13 @@ class Restorer:
                 "device": str(self.device), "seconds": time.perf_counter() - started}
         return restored, mask_out, info
 
+    @torch.inference_mode()
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """The damage mask alone (H x W bool), as restore finds it."""
+        pixels = split_channels(image)[0]
+        rgb = self._padded(pixels if pixels.ndim == 3 else pixels[..., None])
+        return self._detect(rgb, *pixels.shape[:2], float(np.iinfo(image.dtype).max))[0, 0, : pixels.shape[0], : pixels.shape[1]].numpy()
+
     def _detect(self, rgb: np.ndarray, h: int, w: int, scale: float) -> torch.Tensor:
         """The damage mask of the padded image (its first h x w pixels the photo's)."""
         probability = self._blended(rgb, scale, 1, self._damage_probability)

@@ -25,21 +25,40 @@ ScratchMode = Literal["auto", "on", "off"]
 
 
 class DetailPath(nn.Module):
-    """The photo's full resolution carried past the latent: from the input, the decoded restoration
-    and the damage mask, a correction of the restoration, so that what a latent at 1/4 resolution
-    cannot hold (fine texture, the pixels of an undamaged print) reaches the output. Its last layer
-    starts at zero: added to a trained restore path, the path restores as before until trained."""
+    """The photo's full resolution carried past the latent. A latent at 1/4 resolution cannot hold fine
+    texture, and a print that needs no repair must come back as it was: from the input, the decoded
+    restoration and the damage mask, a small U-Net (full, 1/2 and 1/4 resolution, so that it judges
+    grain and blur over a neighbourhood, not a pixel) gives per pixel how much of the input to keep,
+    in [0, 1], and a correction. Its last layer starts at zero: added to a trained restore path, the
+    path restores as before until trained."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(conv(7, channels), nn.ReLU(inplace=True), conv(channels, channels),
-                                  nn.ReLU(inplace=True), conv(channels, 3))
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
+        c = channels
+        self.inlet = conv(7, c)
+        self.down = nn.ModuleList([conv(c, 2 * c, stride=2), conv(2 * c, 2 * c, stride=2)])
+        self.middle = conv(2 * c, 2 * c)
+        self.up = nn.ModuleList([conv(2 * c, 2 * c), conv(2 * c, c)])  # at 1/4 and 1/2, then upsampled
+        self.outlet = conv(c, 4)  # keep, and a correction per channel
+        nn.init.zeros_(self.outlet.weight)
+        nn.init.zeros_(self.outlet.bias)
 
     def forward(self, image: torch.Tensor, restored: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        restored = restored.to(image.dtype)
         mask = torch.zeros_like(image[:, :1]) if mask is None else mask.to(image.dtype)
-        return (restored + self.body(torch.cat([image, restored.to(image.dtype), mask], 1))).clamp(-1, 1)
+        act = nn.functional.leaky_relu
+        full = act(self.inlet(torch.cat([image, restored, mask], 1)), 0.2)
+        half = act(self.down[0](full), 0.2)
+        quarter = act(self.middle(act(self.down[1](half), 0.2)), 0.2)
+        half = act(upsampled(self.up[0](quarter)) + half, 0.2)
+        full = act(upsampled(self.up[1](half)) + full, 0.2)
+        keep, correction = self.outlet(full).split([1, 3], 1)
+        # clamp, not a sigmoid: a print left alone keeps exactly its pixels, and zero keeps none.
+        return (restored + keep.clamp(0, 1) * (image - restored) + correction).clamp(-1, 1)
+
+
+def upsampled(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 def restore_with_latents(path: nn.Module, image: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:

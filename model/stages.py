@@ -50,6 +50,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           starts_from="teacher", default=False, doc="a lighter restore path learning the init restorer's"),
     Stage("refine", "RefineTrainer", {p: ("network", f"{p}.") for p in ("mapping", "decoder", "detail")},
           starts_from="restorer", optional=True, doc="mapping, G_Y and the detail path fine-tuned end to end, E_RX frozen"),
+    Stage("detail", "DetailTrainer", {"detail": ("detail", "")}, starts_from="restorer", optional=True, default=False,
+          doc="the detail path alone, the restore path frozen: what of the input to keep, per pixel"),
     Stage("tone", "ToneTrainer", {"tone": ("tone", "")}, starts_from="restorer", optional=True,
           doc="colour transform and light field of the restored photo"),
     Stage("direct", "DirectTrainer", {p: ("network", f"{p}.") for p in (*PATH, "detail")}, default=False, ablation=True,

@@ -321,7 +321,7 @@ class RefineTrainer(StageTrainer):
         # A restorer without a detail path gets a new one (it starts as the identity) when the config asks.
         detail = (copy.deepcopy(path.detail) if path.detail is not None else
                   DetailPath(self.config.detail) if self.config.detail else None)
-        if (detail.body[0].out_channels if detail is not None else 0) != self.config.detail:
+        if (detail.inlet.out_channels if detail is not None else 0) != self.config.detail:
             raise ValueError("the restorer's detail path has another width than this training's config (detail)")
         return {"network": RefinedPath(copy.deepcopy(path.mapping), copy.deepcopy(path.decoder), detail).requires_grad_(True)}
 
@@ -340,6 +340,47 @@ class RefineTrainer(StageTrainer):
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         return [batch["degraded"], self._restore(batch, self.trained["network"]), batch["clean"]]
+
+
+class DetailTrainer(StageTrainer):
+    """detail: the restore path frozen; its detail path (the init's, or a new one as wide as the
+    config's detail) learns the clean photo from the input and the decoded restoration. The mask is
+    the restorer's own detector's, as at inference, so that it learns to leave alone what the
+    detector marks on an undamaged print. The pairs' share of undamaged photos teaches it to keep
+    a good print's pixels."""
+
+    decays = True
+
+    def build(self) -> dict[str, nn.Module]:
+        path = self.frozen["restorer"]
+        if path.detail is not None:
+            detail = copy.deepcopy(path.detail)
+        elif self.config.detail:
+            detail = DetailPath(self.config.detail)
+        else:
+            raise ValueError("the detail stage needs the config's detail (the detail path's width) above 0")
+        if detail.inlet.out_channels != (self.config.detail or detail.inlet.out_channels):
+            raise ValueError("the restorer's detail path has another width than this training's config (detail)")
+        return {"detail": detail.requires_grad_(True)}
+
+    def _decoded(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The detector's mask and the restore path's output before the detail path."""
+        path = self.frozen["restorer"]
+        with torch.no_grad(), self.autocast():
+            mask = path.detect(batch["degraded"])
+            z = path.encoder(batch["degraded"])[0]
+            return mask, path.decoder(path.mapping(z, latent_mask(mask, z.shape[-2:])))
+
+    def _restore(self, batch: Batch, detail: nn.Module) -> torch.Tensor:
+        mask, decoded = self._decoded(batch)
+        with self.autocast():
+            return detail(batch["degraded"], decoded, mask)
+
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
+        return {"clean_l1": nn.functional.l1_loss(self._restore(batch, self.wrapped["detail"]).float(), batch["clean"])}, []
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        return [batch["degraded"], self._decoded(batch)[1], self._restore(batch, self.trained["detail"]), batch["clean"]]
 
 
 @torch.no_grad()

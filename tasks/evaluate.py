@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import torch
@@ -60,6 +61,8 @@ class EvaluateConfig(EngineConfig):
     degradation: DegradationConfig = Field(default_factory=lambda: DegradationConfig.load("default"),
                                            description="degradation preset (default, v2, corruptions) or JSON file")
     sheet_samples: int = Field(8, ge=0, description="pairs shown on the before/after sheet")
+    mask_scales: tuple[int, ...] = Field((2, 4), description="the damage mask scored again on the pairs enlarged "
+                                         "by these factors: a scan at a higher resolution shows the same damage wider")
     # LPIPS needs both (paths or URLs); without them it is skipped, and the report says so.
     lpips_vgg16: str | None = Field(None, description="torchvision's ImageNet VGG16 state dict")
     lpips_linear: str | None = Field(None, description="the lpips package's linear layers, weights/v0.1/vgg.pth")
@@ -129,13 +132,18 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
                 passed, marked, _ = _restore(model, config, clean)
                 passthrough |= {f"{name}.passthrough.{k}": v for k, v in quality(passed, clean).items()}
                 passthrough[f"{name}.passthrough.marked"] = float(marked.mean())
-        counts = {"mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()),
-                  "mask_fn": int((~mask & truth).sum())}  # pixel counts, so that scores pool over the set
+        counts = _mask_counts(mask, truth)
+        f1 = mask_scores_from_counts(*counts.values())["f1"]
+        for factor in config.mask_scales:
+            enlarged = cv2.resize(degraded, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+            found = restorer_for(config.model, config.device, config.precision, config.tile)[0].detect(enlarged)
+            true = cv2.resize(truth.astype(np.uint8), None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) > 0
+            counts |= {f"x{factor}.{k}": v for k, v in _mask_counts(found, true).items()}
         row = {"sample_id": sample["sample_id"], "source_key": sample["source_key"],
                "ops": sorted({op["op"] for op in sample["record"]["ops"]}), "grayscale": sample["record"]["grayscale"],
                "pixels": int(truth.size), "model_seconds": seconds, "model_ran_on": f"{info['precision']} on {info['device']}",
                **counts,
-               "mask_f1": mask_scores_from_counts(*counts.values())["f1"], **passthrough}
+               "mask_f1": f1, **passthrough}
         for method, output in outputs.items():
             row |= {f"{method}.{k}": v for k, v in quality(output, clean).items()}
             if config.lpips_vgg16:
@@ -149,6 +157,11 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
 
 def _restore(model: str, config: EvaluateConfig, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     return restorer_for(model, config.device, config.precision, config.tile)[0].restore(image, config.scratch, config.colour)
+
+
+def _mask_counts(mask: np.ndarray, truth: np.ndarray) -> dict[str, int]:
+    """Pixel counts, so that scores pool over the set."""
+    return {"mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()), "mask_fn": int((~mask & truth).sum())}
 
 
 def _white(mask: np.ndarray) -> np.ndarray:
@@ -166,12 +179,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     kinds = sorted({op for r in rows for op in r["ops"]})
     damaged = [r for r in rows if r["mask_tp"] + r["mask_fn"]]
-    pooled = mask_scores_from_counts(*(sum(r[f"mask_{k}"] for r in rows) for k in ("tp", "fp", "fn")))
+    pooled = _pooled(rows)
     return {
         "samples": len(rows),
         "methods": means(rows),
         "mask": pooled | {"damaged_samples": len(damaged),
                           "mean_f1_damaged": float(np.mean([r["mask_f1"] for r in damaged])) if damaged else 1.0},
+        "mask_at_scale": {scale: _pooled(rows, f"{scale}.") for scale in sorted(
+            {key.split(".")[0] for key in rows[0] if key.endswith(".mask_tp")}, key=lambda x: int(x[1:]))},
         "by_kind": {kind: {"samples": len(subset), "methods": means(subset)}
                     for kind in kinds if (subset := [r for r in rows if kind in r["ops"]])},
         "model_megapixels_per_second": sum(r["pixels"] for r in rows) / 1e6 / max(1e-9, sum(r["model_seconds"] for r in rows)),
@@ -179,6 +194,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "passthrough": {name: _passthrough(rows, name) for name in ("model", "compare")
                         if f"{name}.passthrough.psnr_y" in rows[0]},
     }
+
+
+def _pooled(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, float]:
+    return mask_scores_from_counts(*(sum(r[f"{prefix}mask_{k}"] for r in rows) for k in ("tp", "fp", "fn")))
 
 
 def _passthrough(rows: list[dict[str, Any]], name: str) -> dict[str, float]:
@@ -204,7 +223,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
              tabulate(scores, ["method", *metrics], "github", disable_numparse=True), "",
              f"Damage mask of the model, pooled over all pixels: precision {k['precision']:.3f}, recall "
              f"{k['recall']:.3f}, F1 {k['f1']:.3f}, IoU {k['iou']:.3f} (mean F1 over the {k['damaged_samples']} "
-             f"damaged pairs: {k['mean_f1_damaged']:.3f})", "",
+             f"damaged pairs: {k['mean_f1_damaged']:.3f})", *([
+                 "On the pairs enlarged (as scans at a higher resolution): " + ", ".join(
+                     f"{scale[1:]}x F1 {s['f1']:.3f} (precision {s['precision']:.3f}, recall {s['recall']:.3f})"
+                     for scale, s in summary["mask_at_scale"].items())] if summary.get("mask_at_scale") else []), "",
              "Y-PSNR by degradation kind (pairs whose recipe applied it):", "",
              tabulate(kinds, ["kind", "pairs", *methods], "github", disable_numparse=True)]
     if summary.get("passthrough"):
@@ -286,6 +308,7 @@ def log_evaluation(summary: dict[str, Any], files: dict[str, str], params: dict[
     now = int(time.time() * 1000)
     metrics = {f"{method}.{k}": v for method, scores in summary["methods"].items() for k, v in scores.items()}
     metrics |= {f"mask.{k}": float(v) for k, v in summary["mask"].items()}
+    metrics |= {f"mask.{scale}.{k}": float(v) for scale, scores in summary.get("mask_at_scale", {}).items() for k, v in scores.items()}
     metrics["model.megapixels_per_second"] = summary["model_megapixels_per_second"]
     metrics |= {f"{name}.passthrough.{k}": v for name, scores in summary["passthrough"].items() for k, v in scores.items()}
     client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())],

@@ -154,7 +154,7 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
         client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in sorted(params.items())])
 
     def next_batch() -> dict[str, torch.Tensor]:
-        batch = pair_batch(streams["pairs"], t.batch_size, t.crop)
+        batch = pair_batch(streams["pairs"], t.batch_size, t.crop, t.scales)
         if "real" in streams:
             batch["real"] = real_batch(streams["real"], t.batch_size, t.crop)
         return batch

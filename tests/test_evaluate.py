@@ -7,6 +7,7 @@ import io
 import json
 
 import mlflow
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -124,6 +125,14 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
     assert min(counts) > 0, counts  # the model's mask is neither empty nor everything
     assert result["mask"] == pytest.approx(mask_scores_from_counts(*counts) | {k: result["mask"][k] for k in (
         "damaged_samples", "mean_f1_damaged")}, rel=0.01)
+    # The mask again on the pairs enlarged 2x and 4x, pooled the same way.
+    for factor in (2, 4):
+        found = [engine.detect(cv2.resize(p["degraded"], None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)) for p in pairs]
+        true = [cv2.resize(p["mask"].astype(np.uint8), None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) > 0 for p in pairs]
+        found, true = np.concatenate([f.ravel() for f in found]), np.concatenate([t.ravel() for t in true])
+        expected = mask_scores_from_counts(int((found & true).sum()), int((found & ~true).sum()), int((~found & true).sum()))
+        assert result["mask_at_scale"][f"x{factor}"] == pytest.approx(expected), factor
+    assert np.array_equal(engine.detect(pairs[0]["degraded"]), outputs[0][1])  # detect alone finds what restore does
     assert list(result["methods"]) == [*METHODS]  # the compared restorer scored beside the model
     assert result["methods"]["compare"]["psnr_y"] != result["methods"]["model"]["psnr_y"]
     kinds = {op["op"] for p in pairs for op in p["record"]["ops"]}
@@ -150,6 +159,8 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
     assert run.data.metrics["model.passthrough.psnr_y"] == pytest.approx(result["passthrough"]["model"]["psnr_y"])
     assert run.data.metrics["model.psnr_y"] == pytest.approx(result["methods"]["model"]["psnr_y"])
     assert run.data.metrics["mask.f1"] == pytest.approx(result["mask"]["f1"])
+    assert run.data.metrics["mask.x4.f1"] == pytest.approx(result["mask_at_scale"]["x4"]["f1"])
+    assert "4x F1" in (out / "table.md").read_text()
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/table.md", "evaluation/sheet.png", "evaluation/samples.parquet"} <= artifacts
 

@@ -201,7 +201,7 @@ def test_a_new_detail_path_leaves_the_restorer_as_it_was_until_trained(photo):
     assert torch.equal(detailed(image, mask), plain(image, mask))
     # Trained, it sees the photo at full resolution: a one-pixel change of the input moves the output there.
     with torch.no_grad():
-        torch.nn.init.normal_(detailed.detail.body[-1].weight, std=0.1)
+        torch.nn.init.normal_(detailed.detail.outlet.weight, std=0.1)
         changed = image.clone()
         changed[..., 17, 21] += 0.5
         moved = (detailed(changed, mask) - detailed(image, mask)).abs().sum(1)[0]

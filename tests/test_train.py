@@ -20,7 +20,7 @@ from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.restorer import RestorerNetwork, restore_with_latents
 from oldphoto.model.tone import ToneCorrection
 from oldphoto.model.stages import STAGES, sources
-from oldphoto.model.train import (DistillTrainer, MappingTrainer, RefineTrainer, StudentPath, ToneTrainer,
+from oldphoto.model.train import (DetailTrainer, DistillTrainer, MappingTrainer, RefineTrainer, StudentPath, ToneTrainer,
                                   inherit_weights, load_state, save_state)
 from oldphoto.model.vae import VAE
 
@@ -175,13 +175,53 @@ def test_refine_adds_a_detail_path_to_a_restorer_without_one_and_trains_it(pairs
     first = trainer.step(batch)["clean_l1"]
     for _ in range(30):
         last = trainer.step(batch)["clean_l1"]
-    assert last < first and trainer.trained["network"].detail.body[-1].weight.abs().max() > 0
+    assert last < first and trainer.trained["network"].detail.outlet.weight.abs().max() > 0
     states = {"refine": {"config": config.model_dump_json(), "trainer": trainer.state_dict()}}
     restorer = assemble_restorer({"refine"}, states.__getitem__, init=path)
     assert restorer.config.detail == 8 and restorer.detail is not None
     assert all(torch.equal(restorer.state_dict()[f"detail.{k}"], v) for k, v in trainer.trained["network"].detail.state_dict().items())
     with pytest.raises(ValueError, match="another width"):
         RefineTrainer(TINY.model_copy(update={"detail": 4}), torch.device("cpu"), torch.float32, frozen={"restorer": restorer})
+
+
+def test_the_detail_stage_learns_to_return_an_undamaged_photo_as_it_was(pairs):
+    """On pairs left undegraded the restore path still smooths the photo; the detail path, trained
+    alone with the path frozen, learns to keep the input's pixels, and only its weights change."""
+    torch.manual_seed(0)
+    config = TINY.model_copy(update={"detail": 8}, deep=True)
+    config.train.lr, config.train.steps = 3e-3, 61  # its rate decays to zero over the steps
+    path = RestorerNetwork(TINY).eval()
+    before = {k: v.clone() for k, v in path.state_dict().items()}
+    trainer = DetailTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+    batch = pair_batch(_streams(pairs), 4, 32)
+    batch = {"clean": batch["clean"], "degraded": batch["clean"].clone(), "mask": torch.zeros_like(batch["mask"])}
+    decoded = trainer._decoded(batch)[1]
+    assert torch.equal(trainer._restore(batch, trainer.trained["detail"]), decoded.clamp(-1, 1))  # starts as the path
+    first = trainer.step(batch)["clean_l1"]
+    for _ in range(60):
+        last = trainer.step(batch)["clean_l1"]
+    assert first > 0.05 and last < first / 4, (first, last)
+    assert all(torch.equal(path.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(ValueError, match="detail"):
+        DetailTrainer(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+
+
+def test_pairs_seen_at_other_scales_keep_damage_and_photo_aligned():
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[:, 30:32] = True  # a line 2 px wide
+    degraded = clean.copy()
+    degraded[mask] = 255
+    stream = SampleStream(1, lambda i: [{"clean": clean, "degraded": degraded, "mask": mask}], seed=0)
+    for scales, width in [((4.0, 4.0), 8), ((0.5, 0.5), 1)]:
+        batch = pair_batch(stream, 3, 32, scales)
+        assert batch["degraded"].shape == batch["mask"].shape[:1] + (3, 32, 32)
+        line_width = batch["mask"][:, 0].amax(1).sum(1)  # damaged columns of each sample
+        assert all(w in (0, width) for w in line_width.tolist()), (scales, line_width)
+        assert (batch["degraded"][:, 0][batch["mask"][:, 0] > 0] > 0.9).all()  # the mask stays on the white line
+    assert torch.equal(pair_batch(SampleStream(1, lambda i: [{"clean": clean, "degraded": degraded, "mask": mask}], seed=0), 3, 32)["mask"],
+                       pair_batch(SampleStream(1, lambda i: [{"clean": clean, "degraded": degraded, "mask": mask}], seed=0), 3, 32, (1.0, 1.0))["mask"])
 
 
 def test_a_student_inherits_the_teachers_first_channels_and_blocks():
