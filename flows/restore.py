@@ -7,13 +7,16 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
 from oldphoto.progress import FlowProgress
 from oldphoto.settings import get_settings
-from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, fold_manifest, list_inputs, new_run_id,
-                                    read_manifest, restore_batch, write_report)
+from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, fold_manifest, new_run_id, plan_restore,
+                                    record_skipped, restore_batch, write_report)
+
+ARTIFACT_ROWS = 500  # rows of the run's artifact besides the failures: a million-row table helps nobody
 
 
 @flow(name="restore-archive")
@@ -26,20 +29,25 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
 
     # On a worker, which keeps the model loaded for the batches.
     version = check_model.submit(config.model, config.device, config.precision, config.tile).result()
-    root, stamps = list_inputs(src, dst)
-    keys = list(stamps)
-    previous = read_manifest(dst)
-    done = {k: r for k, r in previous.items() if r["status"] in ("restored", "skipped") and r["model_version"] == version}
-    batches = [{k: stamps[k] for k in keys[i : i + config.batch_size]} for i in range(0, len(keys), config.batch_size)]
-    logger.info("%d images under %s, %d restored earlier with model %s", len(keys), src, len(done), version)
+    plan = plan_restore(src, dst, config, version)
+    keys, batches = plan["stamps"], plan["batches"]
+    logger.info("%d images under %s: %d unchanged since restored with model %s, %d to do in %d batches",
+                len(keys), src, len(plan["skipped"]), version, len(keys) - len(plan["skipped"]), len(batches))
 
     run_id = new_run_id()
-    futures = [restore_batch.submit(root, dst, batch, config, {k: done[k] for k in batch if k in done}, run_id, i)
-               for i, batch in enumerate(batches)]
+    rows: list[dict[str, Any]] = record_skipped(dst, plan["skipped"], run_id)
     progress = FlowProgress(len(keys), "images", "restore-progress", f"{src} -> {dst}")
-    rows: list[dict[str, Any]] = []
-    for future in as_completed(futures):
-        rows += future.result()
+    progress.update(len(rows), "0 failed")
+    # A bounded number of batches in flight: a million keys never become a million futures at once.
+    waiting, running = list(enumerate(batches))[::-1], set()
+    while waiting or running:
+        while waiting and len(running) < 2 * _task_slots():
+            i, batch = waiting.pop()
+            running.add(restore_batch.submit(plan["root"], dst, {k: keys[k] for k in batch}, config,
+                                             {k: plan["done"][k] for k in batch if k in plan["done"]}, run_id, i))
+        finished = next(as_completed(list(running)))
+        running.remove(finished)
+        rows += finished.result()
         progress.update(len(rows), f"{sum(r['status'] == 'failed' for r in rows)} failed")
     progress.close()
     rows.sort(key=lambda r: r["key"])
@@ -51,7 +59,15 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
                "model_version": version, "seconds": round(seconds, 2),
                "images_per_second": round(count["restored"] / seconds, 3), "manifest": manifest}
     summary["report"] = write_report(dst, rows, summary)
-    create_table_artifact([{k: r[k] for k in ("key", "status", "reason", "output_key", "seconds")} for r in rows],
-                          key="restore-results", description=f"restore {src} -> {dst}")
+    shown = [r for r in rows if r["status"] == "failed"] + [r for r in rows if r["status"] != "failed"][:ARTIFACT_ROWS]
+    create_table_artifact([{k: r[k] for k in ("key", "status", "reason", "output_key", "seconds")} for r in shown],
+                          key="restore-results", description=f"restore {src} -> {dst}: every failure, and the "
+                          f"first {ARTIFACT_ROWS} others (all of them in the manifest)")
     logger.info("done: %s", summary)
     return summary
+
+
+def _task_slots() -> int:
+    """Tasks the flow's runner runs at once: the Dask cluster's worker threads, else one."""
+    client = getattr(FlowRunContext.get().task_runner, "client", None)
+    return max(1, sum(client.nthreads().values())) if client is not None else 1

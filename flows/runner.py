@@ -1,8 +1,10 @@
-"""The Dask task runner: a temporary local cluster by default, an existing scheduler when given."""
+"""The task runner: an existing Dask scheduler when given, else a temporary local cluster, or this
+process where one local worker is asked."""
 
 from __future__ import annotations
 
 import dask
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from oldphoto.settings import get_settings
@@ -22,13 +24,17 @@ LOCAL_CLUSTER_CONFIG = {
 
 
 def dask_runner(workers: int | None = None, address: str | None = None,
-                preload: tuple[str, ...] = ()) -> DaskTaskRunner:
-    """preload: modules that local workers import as they start, before the flow's clock runs."""
+                preload: tuple[str, ...] = ()) -> TaskRunner:
+    """workers: local worker processes (None: 2). One local worker is this process itself, no
+    cluster: a cluster's start and stop cost seconds, and one worker gains nothing from it.
+    preload: modules that local workers import as they start, before the flow's clock runs."""
     address = address or get_settings().dask_address
     if address:
         if workers:
             raise ValueError("give either a number of local workers or a Dask scheduler address, not both")
         return DaskTaskRunner(address=address)
+    if workers == 1:
+        return ThreadPoolTaskRunner(max_workers=1)
     dask.config.set(LOCAL_CLUSTER_CONFIG)  # local workers receive this process's Dask config
     # One single-threaded process per worker: the work is numpy/OpenCV/torch, not Python threads.
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,

@@ -9,6 +9,7 @@ batches, which the next run redoes; outputs are written atomically, so none is e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -75,7 +76,10 @@ class EngineConfig(BaseModel):
 class RestoreConfig(EngineConfig):
     """How an archive is restored; the defaults run on a laptop with the shipped model."""
 
-    batch_size: int = Field(8, gt=0, description="images per task: more spreads each task's overhead, fewer redoes less after a crash")
+    batch_size: int = Field(64, gt=0, description="at most this many images per task")
+    batch_megabytes: float = Field(16.0, gt=0, description="input megabytes per task: small images travel in large "
+                                   "batches, which spreads each task's overhead; a large scan goes alone, and a "
+                                   "crash redoes little")
     force: bool = Field(False, description="restore again what the manifest says is done")
     verify: bool = Field(False, description="read and hash every input to find changes, even those that kept "
                          "their size and modification time (or ETag); without it a rerun skips them unread")
@@ -110,8 +114,8 @@ def choose_model(model: str | None, tracking_uri: str) -> str:
     shipped weights."""
     if model:
         return model
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
-        return DEFAULT_MODEL  # no registry here yet; do not create one by looking
+    if tracking_uri.startswith("sqlite:///") and not _may_have_champion(Path(tracking_uri.removeprefix("sqlite:///"))):
+        return DEFAULT_MODEL
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -122,6 +126,24 @@ def choose_model(model: str | None, tracking_uri: str) -> str:
     except MlflowException:
         return DEFAULT_MODEL
     return f"models:/{REGISTERED_NAME}/{champion.version}"
+
+
+def _may_have_champion(database: Path) -> bool:
+    """False when a local registry surely has no champion: no database (do not create one by
+    looking), or one without the alias. Read with sqlite3, read-only: importing MLflow and opening
+    its store costs seconds before the first image. Anything unexpected: ask MLflow."""
+    import sqlite3
+
+    from oldphoto.models import CHAMPION, REGISTERED_NAME
+
+    if not database.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM registered_model_aliases WHERE name = ? AND alias = ?",
+                              (REGISTERED_NAME, CHAMPION)).fetchone() is not None
+    except sqlite3.Error:
+        return True
 
 
 @task
@@ -136,7 +158,6 @@ def is_safe_key(key: str) -> bool:
     return bool(key) and not key.startswith(("/", "\\")) and ".." not in key.replace("\\", "/").split("/")
 
 
-@task(retries=2, retry_delay_seconds=[2, 10])
 def list_inputs(src: str, dst: str) -> tuple[str, dict[str, str]]:
     """(root, key -> stamp) of the images to restore: SRC may be a folder, prefix or a single file.
     Outputs of an earlier run are left out when DST lies inside SRC."""
@@ -150,6 +171,50 @@ def list_inputs(src: str, dst: str) -> tuple[str, dict[str, str]]:
     if not inside.startswith(".."):
         keys = [k for k in keys if not (k == inside or k.startswith(inside.rstrip("/") + "/"))]
     return root, {k: stamps[k] for k in keys}
+
+
+def plan_batches(sizes: dict[str, int], max_bytes: float, max_count: int) -> list[list[str]]:
+    """Keys in order, cut into batches of at most max_count images and about max_bytes of input each
+    (a larger image goes alone)."""
+    batches: list[list[str]] = []
+    current, total = [], 0
+    for key, size in sizes.items():
+        if current and (total + size > max_bytes or len(current) == max_count):
+            batches.append(current)
+            current, total = [], 0
+        current.append(key)
+        total += size
+    return batches + [current] if current else batches
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dict[str, Any]:
+    """What a run has to do, from two listings and the manifest, without opening any input: root,
+    key -> stamp of every input, the rows of those restored earlier with this model whose output is
+    still there (done), those of them known unchanged by their stamp (skipped, unless force or
+    verify), and the batches of the rest."""
+    root, stamps = list_inputs(src, dst)
+    outputs = list_outputs(dst)
+    done = {k: r for k, r in read_manifest(dst).items()
+            if k in stamps and k in outputs and r["status"] in ("restored", "skipped") and r["model_version"] == version}
+    skipped = {} if config.force or config.verify else {k: r for k, r in done.items() if r.get("stamp") == stamps[k]}
+    todo = {k: stamp_size(stamps[k]) for k in stamps if k not in skipped}
+    return {"root": root, "stamps": stamps, "done": {k: r for k, r in done.items() if k not in skipped},
+            "skipped": skipped, "batches": plan_batches(todo, config.batch_megabytes * 2**20, config.batch_size)}
+
+
+def list_outputs(dst: str) -> set[str]:
+    """The image keys under DST, in one listing (not an existence check per key)."""
+    try:
+        return set(storage.stamped_images(dst))
+    except FileNotFoundError:
+        return set()
+
+
+def stamp_size(stamp: str) -> int:
+    """The byte size a stamp begins with (storage.stamped_images); 0 where the store gave none."""
+    size = stamp.split(":", 1)[0]
+    return int(size) if size.isdigit() else 0
 
 
 def _same_store(a: str, b: str) -> bool:
@@ -180,7 +245,7 @@ def read_manifest(dst: str) -> dict[str, dict[str, Any]]:
 def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfig, done: dict[str, dict[str, Any]],
                   run_id: str, batch: int) -> list[dict[str, Any]]:
     """Restore keys (key -> stamp) from src into dst. done: key -> its manifest row, restored earlier
-    with this model.
+    with this model, its output still there.
     Reading and decoding the next image, and encoding and writing the last, run in threads beside the
     network (which releases the GIL); torch's own threads do the compute."""
     restorer, version = restorer_for(config.model, config.device, config.precision, config.tile)
@@ -242,16 +307,15 @@ def _settle(pending: tuple[dict[str, Any], Future] | None) -> None:
 def _load(src: str, dst: str, key: str, stamp: str, previous: dict[str, Any] | None, verify: bool,
           max_pixels: int) -> tuple[int, str, ArchiveImage | Exception | None]:
     """Size, sha256 and the decoded image of an input; or the error decoding gave; or None when it was
-    restored before with this model and the output is still there: known unchanged by its stamp
-    without opening it, or (verify, or no stamp recorded) by hashing its bytes."""
+    restored before with this model and its output is still there (previous, its manifest row):
+    known unchanged by its stamp without opening it, or (verify, or no stamp recorded) by hashing its bytes."""
     if not is_safe_key(key):
         raise ValueError(f"{key!r}: key would write outside the destination")
-    done = previous is not None and storage.exists(storage.join(dst, key))
-    if done and not verify and previous.get("stamp") == stamp:
+    if previous is not None and not verify and previous.get("stamp") == stamp:
         return previous["size"], previous["sha256"], None
     data = storage.read_bytes(storage.join(src, key))
     sha256 = hashlib.sha256(data).hexdigest()
-    if done and previous["sha256"] == sha256:
+    if previous is not None and previous["sha256"] == sha256:
         return len(data), sha256, None
     try:
         return len(data), sha256, decode_archive(data, key, max_pixels)
@@ -289,6 +353,17 @@ def _write_part(dst: str, name: str, rows: list[dict[str, Any]]) -> None:
     out = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), out, compression="zstd")
     storage.write_bytes_atomic(storage.join(dst, MANIFEST_DIR, name), out.getvalue())
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def record_skipped(dst: str, skipped: dict[str, dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    """Manifest rows of inputs skipped unread (known unchanged by their stamp), as one part."""
+    now = datetime.now(timezone.utc)
+    rows = [row | {"status": "skipped", "reason": None, "output_key": key, "seconds": 0.0, "finished_at": now}
+            for key, row in skipped.items()]
+    if rows:
+        _write_part(dst, f"part-{run_id}-skipped.parquet", rows)
+    return rows
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])

@@ -274,3 +274,64 @@ def test_cli_killed_midway_then_rerun_restores_each_image_once(tmp_path, model):
     assert outputs == sorted(str(p.relative_to(src)) for p in src.rglob("*.png"))
     for output in outputs:  # every output whole
         assert decode_archive((dst / output).read_bytes(), output).pixels.shape == (96, 128, 3)
+
+
+def test_small_images_travel_in_large_batches_and_a_large_one_alone():
+    from oldphoto.tasks.restore import plan_batches
+
+    sizes = {f"{i}.png": 1_000 for i in range(10)} | {"scan.tif": 50_000_000} | {"z.png": 1_000}
+    assert plan_batches(sizes, 16 * 2**20, 4) == [[f"{i}.png" for i in range(4)], [f"{i}.png" for i in range(4, 8)],
+                                                  ["8.png", "9.png"], ["scan.tif"], ["z.png"]]
+    assert plan_batches({}, 1, 1) == []
+
+
+def test_a_bounded_number_of_batches_is_in_flight_and_a_lost_output_is_redone(tmp_path, model):
+    """Twelve one-image batches on one in-process slot: never more than two submitted and unfinished
+    (all twelve at once before). A rerun redoes an input whose output was deleted."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    class CountingRunner(ThreadPoolTaskRunner):  # the real runner, counting what is outstanding
+        def __init__(self):
+            super().__init__(max_workers=1)
+            self.outstanding = self.most = 0
+
+        def duplicate(self):
+            return self
+
+        def submit(self, task, parameters, wait_for=None, dependencies=None):
+            future = super().submit(task, parameters, wait_for, dependencies)
+            if task.name == "restore_batch":
+                self.outstanding += 1
+                self.most = max(self.most, self.outstanding)
+                future.add_done_callback(lambda _: setattr(self, "outstanding", self.outstanding - 1))
+            return future
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    for i in range(12):
+        (src / f"{i:02d}.png").write_bytes(save(picture(24, 24, i), "PNG"))
+    runner = CountingRunner()
+    dst = tmp_path / "restored"
+    summary = restore_archive.with_options(task_runner=runner)(str(src), str(dst), RestoreConfig(model=model, batch_size=1))
+    assert summary["restored"] == 12 and 1 <= runner.most <= 2, runner.most
+    (dst / "05.png").unlink()
+    again = restore_archive.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
+        str(src), str(dst), RestoreConfig(model=model))
+    assert (again["restored"], again["skipped"]) == (1, 11) and (dst / "05.png").exists()
+
+
+def test_a_local_registry_without_a_champion_resolves_the_shipped_model_without_mlflow(tmp_path):
+    """Importing MLflow costs seconds before the first image: a local registry is read with sqlite3."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri, registry_uri=uri).create_registered_model("oldphoto-restorer")  # a registry, no champion
+    probe = ("import sys; from oldphoto.tasks.restore import choose_model; "
+             f"print(choose_model.fn(None, {uri!r})); print('mlflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [DEFAULT_MODEL, "False"]
+    client = MlflowClient(uri, registry_uri=uri)
+    version = client.create_model_version("oldphoto-restorer", str(tmp_path)).version
+    client.set_registered_model_alias("oldphoto-restorer", "champion", version)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [f"models:/oldphoto-restorer/{version}", "True"]
