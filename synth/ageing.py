@@ -1,4 +1,4 @@
-"""Ageing of the print: fading, toning, uneven illumination, vignetting, halftone screens."""
+"""Ageing of the print: fading, toning, uneven illumination, vignetting, halftone screens, silvering."""
 
 from __future__ import annotations
 
@@ -72,3 +72,18 @@ def halftone(image: Image, rng: np.random.Generator, cell: float, angle: float, 
     # screened colour = x * (255 * paper) / luminance: the dot pattern keeps each pixel's hue
     ratio = paper * 255.0 / (lum + 1.0)
     return multiply(image, (1.0 - strength) + strength * ratio)
+
+
+def silvering(image: Image, rng: np.random.Generator, strength: float, reach: float = 0.25) -> Image:
+    """Silver mirroring: silver migrated to the surface gives the dark tones a bluish metallic sheen
+    that lifts them, strongest towards the print's edges (`reach`: how far in, as a share of the
+    short side) and blotchy; `strength` (0-1) the lift of black at the edge."""
+    h, w = image.shape[:2]
+    y, x = np.ogrid[:h, :w]
+    edge = np.minimum(np.minimum(y, h - 1 - y), np.minimum(x, w - 1 - x)).astype(np.float32) / max(1.0, reach * min(h, w))
+    sheen = np.exp(-edge) * np.clip(0.6 + 0.8 * smooth_field(rng, (h, w), min(h, w) / 12), 0, 1) * strength
+    darkness = 1.0 - luminance(image) / 255.0  # silver mirrors where there is silver: the dark tones
+    amount = (sheen * darkness)[..., None] if image.ndim == 3 else sheen * darkness
+    metal = np.asarray((200.0, 205.0, 215.0), np.float32) if image.ndim == 3 else 205.0
+    out = image.astype(np.float32)
+    return to_uint8(out + (metal - out) * amount)

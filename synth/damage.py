@@ -1,4 +1,5 @@
-"""Structured damage to the print: scratches, cracks, folds, dust, paper texture.
+"""Structured damage to the print: scratches, cracks, folds, dust, paper texture, and what real
+prints show beside them: tears and missing corners, foxing, emulsion flaking.
 
 Each operation returns (degraded image, mask). The mask is exact: True on every pixel whose value
 the damage replaced, False elsewhere, so pixels outside the mask are the input's own (folds add a
@@ -271,3 +272,95 @@ def paper_texture(image: Image, rng: np.random.Generator, strength: float, scale
     coarse = smooth_field(rng, (h // 8 + 2, w // 8 + 2), scale) * (0.3 * strength)
     relief += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
     return multiply(image, relief), np.zeros((h, w), bool)
+
+
+def _jagged_edge(rng: np.random.Generator, start: np.ndarray, end: np.ndarray, roughness: float) -> np.ndarray:
+    """Points from start to end with a torn paper's irregular edge: deviations of about roughness px,
+    correlated along the line, fine fibres on top."""
+    n = max(8, int(np.hypot(*(end - start)) / 2.0))
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    normal = np.array([-(end - start)[1], (end - start)[0]]) / max(1e-6, float(np.hypot(*(end - start))))
+    wave = lfilter([0.15], [1.0, -0.85], rng.standard_normal(n)) * roughness * 2.0 + rng.normal(0, roughness * 0.15, n)
+    wave *= np.sin(np.pi * t[:, 0]) ** 0.3  # the tear meets the print's edge where it starts and ends
+    return start + (end - start) * t + normal * wave[:, None]
+
+
+def tears(image: Image, rng: np.random.Generator, count: int, size: float = 0.2, roughness: float = 3.0,
+          mount: float = 0.5) -> tuple[Image, Mask]:
+    """Torn-off corners and edge tears: a piece of the print gone up to a jagged line, showing the mount
+    behind it (white paper, or a dark album page with probability 1 - mount), with a pale rim of
+    torn paper fibres along the tear. `size`: the piece's reach as a share of the short side."""
+    h, w = image.shape[:2]
+    out = image.astype(np.float32)
+    mask = np.zeros((h, w), np.uint8)
+    rim = np.zeros((h, w), np.uint8)
+    for _ in range(int(count)):
+        reach = size * min(h, w) * rng.uniform(0.5, 1.5)
+        corner = np.array([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]])[rng.integers(4)]
+        inward = np.sign(np.array([w / 2, h / 2]) - corner)
+        if rng.random() < 0.6:  # a corner: from one edge to the other
+            a = corner + np.array([inward[0] * reach * rng.uniform(0.5, 1.5), 0.0])
+            b = corner + np.array([0.0, inward[1] * reach * rng.uniform(0.5, 1.5)])
+            polygon = np.vstack([corner, a, _jagged_edge(rng, a, b, roughness)[1:-1], b])
+        else:  # a notch torn into one edge, top or bottom (along x) or left or right (along y)
+            along_x = rng.random() < 0.5
+            s0 = rng.uniform(0.1, 0.7)
+            s1 = s0 + rng.uniform(0.1, 0.25)
+            if along_x:
+                a, b, depth = np.array([s0 * w, corner[1]]), np.array([s1 * w, corner[1]]), np.array([0.0, inward[1]])
+            else:
+                a, b, depth = np.array([corner[0], s0 * h]), np.array([corner[0], s1 * h]), np.array([inward[0], 0.0])
+            tip = (a + b) / 2 + depth * reach * rng.uniform(0.3, 0.8)
+            polygon = np.vstack([_jagged_edge(rng, a, tip, roughness), _jagged_edge(rng, tip, b, roughness)[1:]])
+        fixed = np.round(polygon * (1 << _SHIFT)).astype(np.int32)
+        cv2.fillPoly(mask, [fixed], 255, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(rim, [fixed], True, 255, max(1, int(round(roughness / 2))), cv2.LINE_AA, _SHIFT)
+    alpha = (mask.astype(np.float32) / 255.0)[..., None]
+    backing = np.asarray(_BRIGHT if rng.random() < mount else _DARK, np.float32) * rng.uniform(0.9, 1.0)
+    backing = backing.mean() if image.ndim == 2 else backing
+    rim_alpha = (rim.astype(np.float32) / 255.0 * rng.uniform(0.4, 0.8))[..., None]
+    if image.ndim == 2:
+        alpha, rim_alpha = alpha[..., 0], rim_alpha[..., 0]
+    fibres = np.asarray(_BRIGHT, np.float32).mean() if image.ndim == 2 else np.asarray(_BRIGHT, np.float32)
+    out = out + (fibres - out) * rim_alpha
+    out = out + (backing - out) * alpha
+    return to_uint8(out), (mask > 0) | (rim > 0)
+
+
+def foxing(image: Image, rng: np.random.Generator, spots: int, size: float = 4.0, strength: float = 0.6) -> tuple[Image, Mask]:
+    """Foxing: rust-brown spots of age on the paper and emulsion, irregular, darker at the core, in
+    loose clusters; `size` the spots' typical radius in px, `strength` their opacity at the core."""
+    h, w = image.shape[:2]
+    opacity = np.zeros((h, w), np.float32)
+    clusters = rng.uniform([0, 0], [w, h], (max(1, int(spots) // 6 + 1), 2))
+    for _ in range(int(spots)):
+        centre = clusters[rng.integers(len(clusters))] + rng.normal(0, 6 * size, 2)
+        r = max(1.5, rng.exponential(size))
+        cx, cy = int(centre[0]), int(centre[1])
+        span = int(2 * r) + 2
+        y0, y1, x0, x1 = max(0, cy - span), min(h, cy + span + 1), max(0, cx - span), min(w, cx + span + 1)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        field = smooth_field(rng, (y1 - y0, x1 - x0), max(1.0, r / 2))
+        spot = np.clip((1.0 - np.hypot(yy - centre[1], xx - centre[0]) / r + 0.3 * field) * 3.0, 0, 1)
+        np.maximum(opacity[y0:y1, x0:x1], spot * strength * rng.uniform(0.6, 1.0), out=opacity[y0:y1, x0:x1])
+    rust = np.asarray((150.0, 95.0, 50.0), np.float32)
+    out = image.astype(np.float32)
+    # Rust stains multiply like a dye: the spot darkens and browns what is under it.
+    stain = out * (rust / 255.0 if image.ndim == 3 else rust.mean() / 255.0)
+    alpha = opacity[..., None] if image.ndim == 3 else opacity
+    changed = to_uint8(out + (stain - out) * alpha)
+    return changed, opacity > 1.0 / 255
+
+
+def flaking(image: Image, rng: np.random.Generator, patches: int, size: float = 6.0) -> tuple[Image, Mask]:
+    """Emulsion flaking: patches where the image layer has lifted and fallen off to the paper, each a
+    cluster of irregular chips around a centre, `size` px across typically."""
+    h, w = image.shape[:2]
+    layer = np.zeros((h, w), np.uint8)
+    for _ in range(int(patches)):
+        centre = rng.uniform([0, 0], [w, h])
+        for _ in range(int(rng.integers(3, 12))):
+            _flake(layer, rng, centre + rng.normal(0, size, 2), size / 2.5)
+    return _apply_layers(image, rng, layer, np.zeros_like(layer))

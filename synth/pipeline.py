@@ -42,12 +42,16 @@ OPERATIONS: dict[str, tuple[Callable[..., Any], bool]] = {
     "uneven_illumination": (ageing.uneven_illumination, False),
     "vignette": (ageing.vignette, False),
     "halftone": (ageing.halftone, False),
+    "silvering": (ageing.silvering, False),
     "corruption": (corruption, False),
     "scratches": (damage.scratches, True),
     "cracks": (damage.cracks, True),
     "folds": (damage.folds, True),
     "dust": (damage.dust, True),
     "paper_texture": (damage.paper_texture, True),
+    "tears": (damage.tears, True),
+    "foxing": (damage.foxing, True),
+    "flaking": (damage.flaking, True),
 }
 
 ParamSpec = bool | int | float | str | list[Any] | dict[str, list[Any]]
@@ -252,4 +256,21 @@ CORRUPTIONS = DegradationConfig(
 # What restorers train on: the default recipe, with a share of samples left as they are.
 TRAINING = DEFAULT.model_copy(update={"untouched": 0.15})
 
-PRESETS: dict[str, DegradationConfig] = {"default": DEFAULT, "v2": V2, "corruptions": CORRUPTIONS, "training": TRAINING}
+# Training with what real archive prints show beside the default's damage: tears and missing
+# corners, foxing, emulsion flaking, silvering, and wide cracks with a shadowed edge.
+ARCHIVE = TRAINING.model_copy(update={"stages": [
+    *DEFAULT.stages[:1],
+    DEFAULT.stages[1].model_copy(update={"ops": [*DEFAULT.stages[1].ops, _op("silvering", 0.08, strength=[0.2, 0.6])]}),
+    DEFAULT.stages[2].model_copy(update={"ops": [
+        *DEFAULT.stages[2].ops,
+        _op("cracks", 0.15, count=[1, 2], branches=[4, 12], width=[3.0, 6.0], length=[0.3, 0.8], jaggedness=[0.2, 0.5],
+            flakes=[0.2, 0.6], relief=[0.2, 0.7]),
+        _op("tears", 0.08, count=[1, 2], size=[0.1, 0.3], roughness=[1.5, 4.0]),
+        _op("foxing", 0.15, spots=[5, 40], size=[1.5, 5.0], strength=[0.3, 0.7]),
+        _op("flaking", 0.15, patches=[1, 4], size=[3.0, 10.0]),
+    ]}),
+    *DEFAULT.stages[3:],
+]})
+
+PRESETS: dict[str, DegradationConfig] = {"default": DEFAULT, "v2": V2, "corruptions": CORRUPTIONS, "training": TRAINING,
+                                         "archive": ARCHIVE}

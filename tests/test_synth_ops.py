@@ -24,6 +24,7 @@ PHOTOMETRIC = {
     "uneven_illumination": dict(strength=0.3),
     "vignette": dict(strength=0.5),
     "halftone": dict(cell=4.0, angle=45.0, strength=0.8),
+    "silvering": dict(strength=0.6),
 }
 DAMAGE = {
     "scratches": dict(count=6, width=1.5),
@@ -31,9 +32,13 @@ DAMAGE = {
     "folds": dict(count=1),
     "dust": dict(specks=40, blotches=3, hairs=2),
     "paper_texture": dict(strength=0.05),
+    "tears": dict(count=2, size=0.25),
+    "foxing": dict(spots=30, size=4.0),
+    "flaking": dict(patches=3, size=8.0),
 }
 STOCHASTIC = {"gaussian_noise", "poisson_noise", "speckle_noise", "salt_pepper_noise", "film_grain",
-              "uneven_illumination", "scratches", "cracks", "folds", "dust", "paper_texture"}
+              "uneven_illumination", "scratches", "cracks", "folds", "dust", "paper_texture", "silvering", "tears",
+              "foxing", "flaking"}
 
 
 def run(name, image, seed, **params):
@@ -64,13 +69,32 @@ def test_input_is_never_modified(photo):
     np.testing.assert_array_equal(photo, before)
 
 
-@pytest.mark.parametrize("name", ["scratches", "cracks", "dust"])
+@pytest.mark.parametrize("name", ["scratches", "cracks", "dust", "tears", "foxing", "flaking"])
 def test_damage_mask_is_exact(name, photo):
     out, mask = run(name, photo, 3, **DAMAGE[name])
     changed = (out != photo).any(axis=2)
     assert mask.sum() > 50
     assert not (changed & ~mask).any(), "pixels outside the mask must be untouched"
     assert changed[mask].mean() > 0.8, "the mask must not mark untouched pixels (beyond rounding)"
+
+
+def test_real_print_damage_looks_as_it_does_on_real_prints(photo):
+    """Tears show the mount through a jagged edge from the border; foxing browns; flaking bares the
+    paper; silvering lifts the dark tones, at the edges more than in the middle."""
+    torn, mask = run("tears", photo, 5, count=1, size=0.3, mount=1.0)
+    assert mask[[0, 0, -1, -1], [0, -1, 0, -1]].any(), "a tear starts at the print's edge"
+    assert np.median(torn[mask]) > 200 and 0.01 < mask.mean() < 0.3, "white paper shows where the piece is gone"
+    rows = mask.any(axis=1)
+    assert len(set(mask[rows].sum(axis=1).tolist())) > 5, "the tear's edge is jagged, not straight"
+    foxed, spots = run("foxing", photo, 6, spots=30, size=4.0, strength=0.7)
+    before, after = photo[spots].astype(float), foxed[spots].astype(float)
+    assert (after.mean(0) < before.mean(0)).all() and (after[:, 0] - after[:, 2]).mean() > (before[:, 0] - before[:, 2]).mean()
+    flaked, chips = run("flaking", photo, 7, patches=3, size=8.0)
+    assert flaked[chips].mean() > 180 and chips.mean() > 0.002
+    dark = np.full((120, 160, 3), 30, np.uint8)
+    silvered = run("silvering", dark, 8, strength=0.6).astype(float).mean(axis=2)
+    assert silvered[:4].mean() > silvered[50:70, 70:90].mean() + 20 > 30 + 20
+    assert (run("silvering", np.full((50, 50, 3), 250, np.uint8), 8, strength=0.6) >= 249).all(), "white has no silver"
 
 
 def test_folds_mask_the_line_and_only_shade_beside_it(photo):
