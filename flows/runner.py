@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dask
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 
 from oldphoto.settings import get_settings
 
@@ -28,6 +27,8 @@ def dask_runner(workers: int | None = None, address: str | None = None,
     """workers: local worker processes (None: 2). One local worker is this process itself, no
     cluster: a cluster's start and stop cost seconds, and one worker gains nothing from it.
     preload: modules that local workers import as they start, before the flow's clock runs."""
+    from prefect_dask import DaskTaskRunner  # here: distributed takes a third of a second to load
+
     address = address or get_settings().dask_address
     if address:
         if workers:

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.signal import lfilter
 
 from ._util import Image, Mask, multiply, smooth_field, to_uint8
+
+
+def lfilter(b: list[float], a: list[float], x: np.ndarray) -> np.ndarray:
+    from scipy.signal import lfilter as scipy_lfilter  # here, not at import: scipy.signal takes half a second to load
+
+    return scipy_lfilter(b, a, x)
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _BRIGHT = (246.0, 242.0, 232.0)  # exposed paper base: the colour of lost emulsion

@@ -40,7 +40,6 @@ from oldphoto.model.metrics import mask_scores_from_counts, quality
 from oldphoto.pairs import read_shard
 from oldphoto.sheets import labelled_grid
 from oldphoto.synth import DegradationConfig
-from oldphoto.tracking import experiment_id
 from oldphoto.tasks.restore import DEFAULT_MODEL, EngineConfig, restorer_for
 from oldphoto.tasks.synth import Crop
 
@@ -300,6 +299,8 @@ def log_evaluation(summary: dict[str, Any], files: dict[str, str], params: dict[
     files as artifacts. A registered model version gets the run's id and headline scores as tags."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
+
+    from oldphoto.tracking import experiment_id
 
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(client, EXPERIMENT), run_name=f"evaluate-{model_version}",
