@@ -1,7 +1,7 @@
 """Command-line options derived from the typed configs: each field becomes --field-name with the field's
 description, choices and default, so that a field added to a config appears on the command line
-without a second copy of it here. Fields that do not fit one flag (lists, mappings) are set in a
-config file or a deployment's parameters instead."""
+without a second copy of it here. A tuple of values is one flag, comma-separated. Fields that do not
+fit one flag (lists, mappings) are set in a config file or a deployment's parameters instead."""
 
 from __future__ import annotations
 
@@ -40,12 +40,27 @@ def _argument(annotation: Any) -> tuple[Any, tuple | None] | None:
         return type(choices[0]), choices
     if annotation in (bool, int, float, str, Path):
         return annotation, None
+    if get_origin(annotation) is tuple and len(args := get_args(annotation)) == 2 and args[1] is Ellipsis:
+        return _comma_separated(args[0]), None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel) and hasattr(annotation, "load"):
         return _loader(annotation), None
     return None
 
 
+def _comma_separated(item: type):
+    """A tuple of values given as one flag: --mask-scales 2,4 (nothing after the '=': none)."""
+    def values(text: str) -> tuple:
+        try:
+            return tuple(item(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__} values, got {text!r}") from None
+    values.__name__ = f"comma-separated {item.__name__} values"
+    return values
+
+
 def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
     if isinstance(value, BaseModel):  # a config of its own: the name of the preset it is
         presets = getattr(sys.modules[type(value).__module__], "PRESETS", {})
         return next((name for name, preset in presets.items() if preset == value), "built in")
