@@ -167,7 +167,7 @@ def bulk(model: str, count: int, workers: int) -> None:
         os.environ.setdefault("PREFECT_HOME", home)
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         from oldphoto.flows.restore import restore_archive
-        from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG, dask_runner
+        from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG, task_runner
         from oldphoto.prefect_api import prefect_api
         from oldphoto.tasks.restore import RestoreConfig
 
@@ -179,7 +179,7 @@ def bulk(model: str, count: int, workers: int) -> None:
         dask.config.set(LOCAL_CLUSTER_CONFIG)
         with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
                           preload=["oldphoto.tasks.restore", "oldphoto.model.engine"]) as cluster, prefect_api():
-            summary = restore_archive.with_options(task_runner=dask_runner(address=cluster.scheduler_address))(
+            summary = restore_archive.with_options(task_runner=task_runner(address=cluster.scheduler_address))(
                 "s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model))
     server.stop()
     flow_rate = summary["restored"] / summary["seconds"]

@@ -133,7 +133,7 @@ def main() -> None:
     import dask
     from distributed import LocalCluster
 
-    from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG, dask_runner
+    from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG, task_runner
     from oldphoto.flows.synth import synthesize
     from oldphoto.prefect_api import prefect_api
     from oldphoto.tasks.synth import SynthConfig
@@ -165,7 +165,7 @@ def main() -> None:
             speeds = {}
             for workers in (1, 2):
                 with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-                    run = synthesize.with_options(task_runner=dask_runner(address=cluster.scheduler_address))
+                    run = synthesize.with_options(task_runner=task_runner(address=cluster.scheduler_address))
                     run(str(source), str(Path(folder) / f"warm{round_}-{workers}"), config.model_copy(update={"count": 2 * workers, "shard_size": 1}))
                     before = cpu_seconds()
                     summary = run(str(source), str(Path(folder) / f"out{round_}-{workers}"), config)

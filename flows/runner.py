@@ -22,7 +22,7 @@ LOCAL_CLUSTER_CONFIG = {
 }
 
 
-def dask_runner(workers: int | None = None, address: str | None = None,
+def task_runner(workers: int | None = None, address: str | None = None,
                 preload: tuple[str, ...] = ()) -> TaskRunner:
     """workers: local worker processes (None: 2). One local worker is this process itself, no
     cluster: a cluster's start and stop cost seconds, and one worker gains nothing from it.

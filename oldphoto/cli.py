@@ -41,13 +41,13 @@ def _settings_from(args: argparse.Namespace, **overrides):
 def synth(args: argparse.Namespace) -> int:
     from .prefect_api import prefect_api
     from .storage import absolute
-    from .flows.runner import dask_runner
+    from .flows.runner import task_runner
     from .flows.synth import synthesize
     from .tasks.synth import SynthConfig
 
     settings = _settings_from(args)
     config = SynthConfig(**option_values(args, SynthConfig))
-    runner = dask_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.synth",))
+    runner = task_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.synth",))
     with prefect_api():
         summary = synthesize.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
     print(json.dumps(summary, indent=2))
@@ -69,13 +69,13 @@ def _model_workers(args: argparse.Namespace, config_type):
 
 def restore(args: argparse.Namespace) -> int:
     from .flows.restore import restore_archive
-    from .flows.runner import dask_runner
+    from .flows.runner import task_runner
     from .prefect_api import prefect_api
     from .storage import absolute
     from .tasks.restore import RestoreConfig
 
     workers, settings, config = _model_workers(args, RestoreConfig)
-    runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
+    runner = task_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
     with prefect_api():
         summary = restore_archive.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
     print(json.dumps(summary, indent=2))
@@ -84,14 +84,14 @@ def restore(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     from .flows.evaluate import evaluate as evaluate_flow
-    from .flows.runner import dask_runner
+    from .flows.runner import task_runner
     from .prefect_api import prefect_api
     from .storage import absolute
     from .tasks.evaluate import EvaluateConfig
 
     clean = None if args.pairs else (args.clean or str(SAMPLES))
     workers, settings, config = _model_workers(args, EvaluateConfig)
-    runner = dask_runner(workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
+    runner = task_runner(workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
     with prefect_api():
         result = evaluate_flow.with_options(task_runner=runner)(
             absolute(args.pairs) if args.pairs else None, absolute(clean) if clean else None, config,

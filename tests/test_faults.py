@@ -19,7 +19,7 @@ import pytest
 
 from conftest import _free_port, noise_png
 from oldphoto import storage
-from oldphoto.flows.runner import dask_runner
+from oldphoto.flows.runner import task_runner
 from oldphoto.tasks.restore import RestoreConfig, read_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -77,7 +77,7 @@ def test_s3_outage_midway_is_retried_and_loses_nothing(own_s3, model):
     cutter = threading.Thread(target=cut_when_the_first_output_lands)
     cutter.start()
     # On Dask, where real runs go: the cluster's workers start here, so they take this test's endpoint.
-    run = restore_archive.with_options(task_runner=dask_runner(2))
+    run = restore_archive.with_options(task_runner=task_runner(2))
     summary = run("s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model, batch_size=1))
     finished_at = time.monotonic()
     cutter.join()
@@ -232,7 +232,7 @@ def test_credentials_never_reach_records_and_keys_never_leave_dst(bucket, model,
     s3.put_object(Bucket=name, Key="scans/bad.jpg", Body=b"broken")
     s3.put_object(Bucket=name, Key="scans/box/../../escape.png", Body=noise_png(9))  # a key that climbs out of DST
     assert storage.filesystem(f"{bucket}/scans")[0].secret == option_secret, "the option is in force"
-    state = restore_archive.with_options(task_runner=dask_runner(2))(f"{bucket}/scans", f"{bucket}/restored",
+    state = restore_archive.with_options(task_runner=task_runner(2))(f"{bucket}/scans", f"{bucket}/restored",
                                                                      RestoreConfig(model=model), return_state=True)
     summary = state.result()
     assert summary["restored"] == 3 and summary["failed"] == 2

@@ -19,7 +19,7 @@ from PIL import Image
 
 from oldphoto import storage
 from oldphoto.flows.restore import restore_archive
-from oldphoto.flows.runner import dask_runner
+from oldphoto.flows.runner import task_runner
 from oldphoto.images import decode_archive
 from oldphoto.tasks.restore import DEFAULT_MODEL, RestoreConfig, is_safe_key, read_manifest
 
@@ -70,7 +70,7 @@ FAILING = {"empty.jpg": "empty file", "truncated.jpg": "cannot decode", "notes.j
 
 
 def run(src: str, dst: str, **options) -> dict:
-    return restore_archive.with_options(task_runner=dask_runner())(src, dst, RestoreConfig(**options))
+    return restore_archive.with_options(task_runner=task_runner())(src, dst, RestoreConfig(**options))
 
 
 def test_archive_on_s3_end_to_end(bucket, model):

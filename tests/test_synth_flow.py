@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from oldphoto import storage
-from oldphoto.flows.runner import dask_runner
+from oldphoto.flows.runner import task_runner
 from oldphoto.flows.synth import synthesize
 from oldphoto.pairs import read_pairs
 from oldphoto.settings import get_settings
@@ -26,7 +26,7 @@ CONFIG = SynthConfig(count=10, seed=3, crop=48, shard_size=4)
 
 
 def run(src, dst, config=CONFIG, workers=None):
-    return synthesize.with_options(task_runner=dask_runner(workers))(str(src), str(dst), config)
+    return synthesize.with_options(task_runner=task_runner(workers))(str(src), str(dst), config)
 
 
 def shard_bytes(folder: Path) -> dict[str, bytes]:
