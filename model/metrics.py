@@ -44,8 +44,13 @@ def quality(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Precision, recall, F1 and IoU of a predicted damage mask against the true one.
     An empty prediction of an empty truth scores 1 everywhere: nothing to find, nothing found."""
+    return mask_scores_from_counts(*mask_counts(predicted, truth))
+
+
+def mask_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """Pixel counts: true positives, false positives, false negatives."""
     p, t = predicted.astype(bool), truth.astype(bool)
-    return mask_scores_from_counts(int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()))
+    return int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
 
 
 def mask_scores_from_counts(tp: int, fp: int, fn: int) -> dict[str, float]:

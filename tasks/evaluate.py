@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from oldphoto import storage
 from oldphoto.images import UnreadableImage, decode_archive, encode_png, to_rgb8
 from oldphoto.model.baselines import non_local_means, non_local_means_inpainted
-from oldphoto.model.metrics import mask_scores_from_counts, quality
+from oldphoto.model.metrics import mask_counts, mask_scores_from_counts, quality
 from oldphoto.pairs import read_shard
 from oldphoto.sheets import labelled_grid
 from oldphoto.synth import DegradationConfig
@@ -160,7 +160,7 @@ def _restore(model: str, config: EvaluateConfig, image: np.ndarray) -> tuple[np.
 
 def _mask_counts(mask: np.ndarray, truth: np.ndarray) -> dict[str, int]:
     """Pixel counts, so that scores pool over the set."""
-    return {"mask_tp": int((mask & truth).sum()), "mask_fp": int((mask & ~truth).sum()), "mask_fn": int((~mask & truth).sum())}
+    return dict(zip(("mask_tp", "mask_fp", "mask_fn"), mask_counts(mask, truth)))
 
 
 def _white(mask: np.ndarray) -> np.ndarray:
