@@ -31,6 +31,9 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     version = check_model.submit(config.model, config.device, config.precision, config.tile).result()
     plan = plan_restore(src, dst, config, version)
     keys, batches = plan["stamps"], plan["batches"]
+    configs = [config.model_copy(update=settings) for settings in plan["settings"]]  # a redo's own settings
+    for model in {c.model for c in configs} - {config.model}:
+        check_model.submit(model, config.device, config.precision, config.tile).result()
     logger.info("%d images under %s: %d unchanged since restored with model %s, %d to do in %d batches",
                 len(keys), src, len(plan["skipped"]), version, len(keys) - len(plan["skipped"]), len(batches))
 
@@ -43,7 +46,7 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     while waiting or running:
         while waiting and len(running) < 2 * _task_slots():
             i, batch = waiting.pop()
-            running.add(restore_batch.submit(plan["root"], dst, {k: keys[k] for k in batch}, config,
+            running.add(restore_batch.submit(plan["root"], dst, {k: keys[k] for k in batch}, configs[i],
                                              {k: plan["done"][k] for k in batch if k in plan["done"]}, run_id, i))
         finished = next(as_completed(list(running)))
         running.remove(finished)

@@ -260,11 +260,12 @@ class ScratchTrainer(StageTrainer):
     """scratch: the U-Net learns the synthetic damage masks from the grayscale degraded photo."""
 
     def build(self) -> dict[str, nn.Module]:
-        start = self.frozen.get("restorer")  # a restorer to fine-tune the detector of, else a new one
-        if start is None:
+        # Fine-tune the init restorer's detector when it has this training's shape; else a new detector
+        # (a wider one beside an existing restore path, say). Settings that are not weights may differ.
+        start = self.frozen.get("restorer")
+        shape = ("channels", "depth", "scale")
+        if start is None or any(getattr(start.config.scratch, k) != getattr(self.config.scratch, k) for k in shape):
             return {"detector": ScratchDetector(self.config.scratch)}
-        if start.config.scratch != self.config.scratch:
-            raise ValueError("the init restorer's scratch detector has another configuration than this training's")
         return {"detector": copy.deepcopy(start.scratch).requires_grad_(True)}
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:

@@ -175,6 +175,15 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     _add_settings(p, TRAINING_SETTINGS, workers=False)
 
 
+def review(args: argparse.Namespace) -> int:
+    from .review import ReviewConfig, serve
+    from .storage import absolute
+
+    _settings_from(args)
+    serve(absolute(args.dst), ReviewConfig(**option_values(args, ReviewConfig)), verbose=args.verbose)
+    return 0
+
+
 def stack(args: argparse.Namespace) -> int:
     from . import stack as local_stack
 
@@ -201,6 +210,7 @@ def stack(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The commands; their options come from the configs they fill (oldphoto/options.py)."""
     from .model.stages import DEFAULT, ORDER, STAGES
+    from .review import ReviewConfig
     from .stack import StackConfig
     from .tasks.evaluate import EvaluateConfig
     from .tasks.restore import RestoreConfig
@@ -258,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(p)
     p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
     p.set_defaults(run=train_stage)
+
+    p = commands.add_parser("review", help="a web page to accept, reject or send back each restoration under DST")
+    p.add_argument("dst", help="folder or URL of a restored archive (with its _manifest)")
+    add_options(p, ReviewConfig, "review")
+    _add_settings(p, ("s3_endpoint_url",), workers=False)
+    p.set_defaults(run=review)
 
     p = commands.add_parser("stack", help="the local monitoring stack: Prefect server and worker, MLflow, Dask")
     p.add_argument("action", choices=["up", "status", "down"])

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import os
 import posixpath
 import time
@@ -37,7 +38,7 @@ from oldphoto.pages import render
 from oldphoto.runtime import keep_freed_memory
 
 DEFAULT_MODEL = str(Path(oldphoto.__file__).resolve().parent / "weights" / "default.pt")  # shipped, see its card
-MANIFEST_DIR, REPORT_DIR = "_manifest", "_report"
+MANIFEST_DIR, REPORT_DIR, SUMMARY = "_manifest", "_report", "summary.json"
 THUMBNAIL = 256
 
 MANIFEST_SCHEMA = pa.schema([
@@ -52,6 +53,9 @@ MANIFEST_SCHEMA = pa.schema([
     ("model_version", pa.string()),
     ("seconds", pa.float64()),
     ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("restored_at", pa.timestamp("us", tz="UTC")),  # when the present output was made (kept by skips)
+    ("settings", pa.string()),  # JSON of the engine settings it was made with (scratch, colour)
+    ("damaged", pa.float64()),  # share of its pixels the detector marked
 ])
 
 
@@ -84,6 +88,9 @@ class RestoreConfig(EngineConfig):
     verify: bool = Field(False, description="read and hash every input to find changes, even those that kept "
                          "their size and modification time (or ETag); without it a rerun skips them unread")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are refused (decompression bombs)")
+    redo: Literal["rejected", "redo"] | None = Field(None, description="restore again only the items a curator "
+                                                     "rejected, or sent to redo with the settings to try "
+                                                     "(`oldphoto review`); every other output is left as it is")
 
 
 @functools.cache
@@ -194,13 +201,34 @@ def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dic
     still there (done), those of them known unchanged by their stamp (skipped, unless force or
     verify), and the batches of the rest."""
     root, stamps = list_inputs(src, dst)
+    manifest = read_manifest(dst)
+    if config.redo:
+        return _plan_redo(root, dst, stamps, manifest, config)
     outputs = list_outputs(dst)
-    done = {k: r for k, r in read_manifest(dst).items()
+    done = {k: r for k, r in manifest.items()
             if k in stamps and k in outputs and r["status"] in ("restored", "skipped") and r["model_version"] == version}
     skipped = {} if config.force or config.verify else {k: r for k, r in done.items() if r.get("stamp") == stamps[k]}
     todo = {k: stamp_size(stamps[k]) for k in stamps if k not in skipped}
+    batches = plan_batches(todo, config.batch_megabytes * 2**20, config.batch_size)
     return {"root": root, "stamps": stamps, "done": {k: r for k, r in done.items() if k not in skipped},
-            "skipped": skipped, "batches": plan_batches(todo, config.batch_megabytes * 2**20, config.batch_size)}
+            "skipped": skipped, "batches": batches, "settings": [{}] * len(batches)}
+
+
+def _plan_redo(root: str, dst: str, stamps: dict[str, str], manifest: dict[str, dict[str, Any]],
+               config: RestoreConfig) -> dict[str, Any]:
+    """Only the items the review sent back (inputs still under SRC), each group of equal settings in
+    batches of its own; nothing else is touched, not even recorded as skipped."""
+    from .review import read_decisions, to_redo
+
+    chosen = {k: v for k, v in to_redo(manifest, config.redo, read_decisions(dst)).items() if k in stamps}
+    batches, settings = [], []
+    for group in sorted({json.dumps(v, sort_keys=True) for v in chosen.values()}):
+        keys = {k: stamp_size(stamps[k]) for k, v in chosen.items() if json.dumps(v, sort_keys=True) == group}
+        for batch in plan_batches(keys, config.batch_megabytes * 2**20, config.batch_size):
+            batches.append(batch)
+            settings.append(json.loads(group))
+    return {"root": root, "stamps": {k: stamps[k] for k in chosen}, "done": {}, "skipped": {},
+            "batches": batches, "settings": settings}
 
 
 def list_outputs(dst: str) -> set[str]:
@@ -250,6 +278,7 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
     network (which releases the GIL); torch's own threads do the compute."""
     restorer, version = restorer_for(config.model, config.device, config.precision, config.tile)
     rows: list[dict[str, Any]] = []
+    settings = json.dumps({"scratch": config.scratch, "colour": config.colour})
     pending: tuple[dict[str, Any], Future] | None = None  # the output being written
     with ThreadPoolExecutor(max_workers=2) as io_pool:
         def load(key: str) -> Future:
@@ -263,20 +292,22 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
                 loads.append(load(order[i + 1]))
             started = time.perf_counter()
             row = {"key": key, "size": None, "sha256": None, "stamp": keys[key], "status": "failed", "reason": None,
-                   "output_key": None, "model_name": config.model, "model_version": version}
+                   "output_key": None, "model_name": config.model, "model_version": version,
+                   "restored_at": None, "settings": settings, "damaged": None}
             try:
                 size, sha256, image = loads[i].result()
                 loads[i] = None  # free the decoded image once restored
                 row.update(size=size, sha256=sha256)
-                if image is None:
-                    row.update(status="skipped", output_key=key)
+                if image is None:  # the output of an earlier restoration stays: so do its particulars
+                    row.update({k: done[key].get(k) for k in ("restored_at", "settings", "damaged")},
+                               status="skipped", output_key=key)
                 else:
                     if isinstance(image, Exception):
                         raise image
-                    restored, _, _ = restorer.restore(image.pixels, config.scratch, config.colour)
+                    restored, mask, info = restorer.restore(image.pixels, config.scratch, config.colour)
                     _settle(pending)
-                    pending = row, io_pool.submit(_write, dst, key, image, restored)
-                    row.update(status="restored", output_key=key)
+                    pending = row, io_pool.submit(_write, dst, key, image, restored, mask)
+                    row.update(status="restored", output_key=key, damaged=info["damaged_fraction"])
             except OSError as error:
                 if not isinstance(error, FileNotFoundError):
                     raise  # storage trouble, not a bad input: the task's retries take it
@@ -289,6 +320,8 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
     now = datetime.now(timezone.utc)
     for row in rows:
         row["finished_at"] = now
+        if row["status"] == "restored":
+            row["restored_at"] = now
     _write_part(dst, f"part-{run_id}-{batch:06d}.parquet", rows)
     return rows
 
@@ -323,15 +356,27 @@ def _load(src: str, dst: str, key: str, stamp: str, previous: dict[str, Any] | N
         return len(data), sha256, error
 
 
-def _write(dst: str, key: str, image: ArchiveImage, restored: np.ndarray) -> None:
+def _write(dst: str, key: str, image: ArchiveImage, restored: np.ndarray, mask: np.ndarray) -> None:
     output = ArchiveImage(restored, image.format, image.exif, image.icc_profile, image.dpi, image.converted_from,
                           image.tiff_tags)
     storage.write_bytes_atomic(storage.join(dst, key), encode_archive(output))
     storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, thumbnail_key(key)), _before_after(image.pixels, restored))
+    out = io.BytesIO()
+    Image.fromarray(mask).save(out, format="PNG", optimize=False)  # 1 bit per pixel
+    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, mask_key(key)), out.getvalue())
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def thumbnail_key(key: str) -> str:
-    return f"thumbs/{hashlib.sha256(key.encode()).hexdigest()[:20]}.jpg"
+    return f"thumbs/{_key_hash(key)}.jpg"
+
+
+def mask_key(key: str) -> str:
+    """Where the damage mask of a key's restoration is, under DST/_report (white: marked)."""
+    return f"masks/{_key_hash(key)}.png"
 
 
 def _before_after(before: np.ndarray, after: np.ndarray) -> bytes:
@@ -387,6 +432,8 @@ def write_report(dst: str, rows: list[dict[str, Any]], summary: dict[str, Any]) 
         restored=[r for r in rows if r["status"] in ("restored", "skipped") and r["output_key"]])
     url = storage.join(dst, REPORT_DIR, "index.html")
     storage.write_bytes_atomic(url, page.encode())
+    # Where the originals are, for `oldphoto review DST` to show them beside their restorations.
+    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, SUMMARY), json.dumps(summary, indent=1).encode())
     return url
 
 
