@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python -m oldphoto.demo
 
 test: $(STAMP)
+	.ci/browser
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: $(STAMP)
