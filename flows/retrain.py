@@ -13,8 +13,8 @@ from oldphoto.flows.evaluate import evaluate
 from oldphoto.flows.synth import synthesize
 from oldphoto.flows.train import train
 from oldphoto.settings import get_settings
-from oldphoto.tasks.retrain import (RetrainConfig, decide, decision_markdown, find_champion, find_new_material, record_seen,
-                                    round_url, stage_material, start_from_champion)
+from oldphoto.tasks.retrain import (RetrainConfig, decide, decision_markdown, find_champion, find_new_material,
+                                    find_rejected, record_seen, round_url, stage_material, start_from_champion)
 from oldphoto.tasks.synth import SynthConfig
 
 
@@ -43,7 +43,9 @@ def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
     model_config, targets = start_from_champion(champion["checkpoints"], checkpoints, stages, config.steps)
     challenger = train(pairs, real, model_config, list(targets), checkpoints, config.model_name, steps=targets)
 
-    scored = evaluate(clean=config.heldout, config=config.evaluation.model_copy(
+    rejected = find_rejected(config)  # cases the curators turned down: the sheet shows them restored anew
+    sheet = stage_material(rejected, storage.join(here, "rejected")) if rejected else None
+    scored = evaluate(clean=config.heldout, real=sheet, config=config.evaluation.model_copy(
         update={"model": challenger["uri"], "compare": champion["uri"]}))
     decision = decide(champion, challenger, scored, config.margin_db, config.model_name, settings.tracking_uri)
     record_seen(work, material, str(flow_run.get_id() or here))

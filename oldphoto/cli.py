@@ -175,6 +175,21 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     _add_settings(p, TRAINING_SETTINGS, workers=False)
 
 
+def retrain(args: argparse.Namespace) -> int:
+    from .flows.retrain import retrain as retrain_round
+    from .flows.runner import task_runner
+    from .prefect_api import prefect_api
+    from .tasks.retrain import RetrainConfig
+
+    settings = _settings_from(args)
+    config = RetrainConfig(**option_values(args, RetrainConfig))
+    runner = task_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
+    with prefect_api():
+        summary = retrain_round.with_options(task_runner=runner)(config)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def review(args: argparse.Namespace) -> int:
     from .review import ReviewConfig, serve
     from .storage import absolute
@@ -214,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .stack import StackConfig
     from .tasks.evaluate import EvaluateConfig
     from .tasks.restore import RestoreConfig
+    from .tasks.retrain import RetrainConfig
     from .tasks.synth import SynthConfig
 
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
@@ -268,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(p)
     p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
     p.set_defaults(run=train_stage)
+
+    p = commands.add_parser("retrain", help="one round of champion and challenger on the material that arrived "
+                            "since the last round (the retrain deployment runs it weekly)")
+    add_options(p, RetrainConfig, "retraining")
+    _add_settings(p, MODEL_SETTINGS)
+    p.set_defaults(run=retrain)
 
     p = commands.add_parser("review", help="a web page to accept, reject or send back each restoration under DST")
     p.add_argument("dst", help="folder or URL of a restored archive (with its _manifest)")
@@ -340,7 +362,7 @@ def quiet_console(argv: Sequence[str]) -> Iterator[None]:
     when they read it; a user's own setting of either wins. `stack` is left alone: its services
     keep their INFO logs in their log files."""
     command = next((a for a in argv if not a.startswith("-")), None)
-    quiet = command in ("synth", "restore", "evaluate", "train", "train-stage") and not {"-v", "--verbose"} & set(argv)
+    quiet = command in ("synth", "restore", "evaluate", "train", "train-stage", "retrain") and not {"-v", "--verbose"} & set(argv)
     added = {k: v for k, v in QUIET.items() if k not in os.environ} if quiet else {}
     os.environ.update(added)
     try:

@@ -1,7 +1,7 @@
 """Command-line options derived from the typed configs: each field becomes --field-name with the field's
 description, choices and default, so that a field added to a config appears on the command line
-without a second copy of it here. A tuple of values is one flag, comma-separated. Fields that do not
-fit one flag (lists, mappings) are set in a config file or a deployment's parameters instead."""
+without a second copy of it here. A tuple or list of values is one flag, comma-separated. Fields that do
+not fit one flag (mappings, nested configs) are set in a deployment's parameters instead."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def _argument(annotation: Any) -> tuple[Any, tuple | None] | None:
         return annotation, None
     if get_origin(annotation) is tuple and len(args := get_args(annotation)) == 2 and args[1] is Ellipsis:
         return _comma_separated(args[0]), None
+    if get_origin(annotation) is list and len(args := get_args(annotation)) == 1 and args[0] in (int, float, str):
+        return _comma_separated(args[0]), None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel) and hasattr(annotation, "load"):
         return _loader(annotation), None
     return None
@@ -59,7 +61,7 @@ def _comma_separated(item: type):
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(map(str, value)) or "none"
     if isinstance(value, BaseModel):  # a config of its own: the name of the preset it is
         presets = getattr(sys.modules[type(value).__module__], "PRESETS", {})

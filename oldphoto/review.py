@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import storage
 from .images import decode_archive, to_rgb8
 from .pages import render
-from .tasks.restore import MANIFEST_DIR, REPORT_DIR, SUMMARY, is_safe_key, mask_key, read_manifest, thumbnail_key
+from .tasks.restore import MANIFEST_DIR, REPORT_DIR, is_safe_key, mask_key, read_manifest, thumbnail_key
 from .tasks.review import (REVIEW_DIR, UNDECIDED, RedoSettings, append_decision, current_decision, decision_files,
-                           fold_decisions, judged, merge_decisions, read_decision_files)
+                           fold_decisions, judged, merge_decisions, read_decision_files, source_of)
 
 TILE = 512  # full-resolution tiles of the zoomed view
 VIEW = 1600  # long side of the rendition shown fitted to the window
@@ -73,7 +73,7 @@ class Archive:
     the renditions."""
 
     def __init__(self, dst: str, src: str | None):
-        self.dst, self.src = dst, src if src is not None else _source_of(dst)
+        self.dst, self.src = dst, src if src is not None else source_of(dst)
         self._lock = threading.Lock()
         self._manifest_signature: tuple = ()
         self._rows: list[dict[str, Any]] = []
@@ -215,20 +215,6 @@ def _decoded(url: str, version: str, mask: bool) -> np.ndarray:
     if mask:
         return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 0
     return decode_archive(data, posixpath.basename(url)).pixels
-
-
-def _source_of(dst: str) -> str | None:
-    """SRC of the run that wrote DST's report, where it is still there."""
-    url = storage.join(dst, REPORT_DIR, SUMMARY)
-    try:
-        src = json.loads(storage.read_bytes(url)).get("src")
-    except (FileNotFoundError, ValueError):
-        return None
-    if not src:
-        return None
-    fs, path = storage.filesystem(src)
-    # A run may have named a single file: the originals' keys are relative to its folder.
-    return (posixpath.dirname(src.rstrip("/")) if fs.isfile(path) else src) if fs.exists(path) else None
 
 
 def create_app(dst: str, src: str | None = None, token: str | None = None):

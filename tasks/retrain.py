@@ -12,8 +12,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from prefect import task
 from pydantic import BaseModel, Field
 from tabulate import tabulate
@@ -24,7 +22,7 @@ from oldphoto.model.stages import DEFAULT, STAGES, sources
 from oldphoto.model.train import load_state
 from oldphoto.models import CHAMPION, REGISTERED_NAME
 from oldphoto.tasks.evaluate import EvaluateConfig
-from oldphoto.tasks.train import checkpoint_url
+from oldphoto.tasks.review import reviewed
 
 
 class RetrainConfig(BaseModel):
@@ -32,6 +30,9 @@ class RetrainConfig(BaseModel):
 
     clean: list[str] = Field(default_factory=list, description="folders or URLs watched for new clean photographs")
     real: list[str] = Field(default_factory=list, description="folders or URLs watched for new unrestored real scans")
+    reviewed: list[str] = Field(default_factory=list, description="restored archives reviewed with `oldphoto review`: "
+                                "the scans of accepted restorations join the real scans, the accepted restorations "
+                                "the clean photographs, and the scans of rejected ones the evaluation's before/after sheet")
     work: str | None = Field(None, description="ledger, staged material, pairs and checkpoints (default OLDPHOTO_HOME/retrain)")
     model_name: str = REGISTERED_NAME
     samples_per_photo: int = Field(8, gt=0, description="synthetic pairs per new clean photograph")
@@ -65,7 +66,16 @@ def find_new_material(config: RetrainConfig, work: str) -> dict[str, list[str]]:
     """The keys under the watched URLs that no earlier round trained on."""
     ledger = _read_ledger(work)
     seen = set(ledger["key"].to_pylist()) if ledger is not None else set()
-    return {kind: [k for k in _keys(urls) if k not in seen] for kind, urls in (("clean", config.clean), ("real", config.real))}
+    offered = [reviewed(dst) for dst in config.reviewed]
+    found = {"clean": _keys(config.clean) + [k for o in offered for k in o["clean"]],
+             "real": _keys(config.real) + [k for o in offered for k in o["real"]]}
+    return {kind: [k for k in keys if k not in seen] for kind, keys in found.items()}
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def find_rejected(config: RetrainConfig) -> list[str]:
+    """The scans whose restorations curators rejected, in every reviewed archive (not only new ones)."""
+    return [k for dst in config.reviewed for k in reviewed(dst)["rejected"]]
 
 
 def round_url(work: str, material: dict[str, list[str]]) -> str:
@@ -89,6 +99,9 @@ def stage_material(keys: list[str], dst: str) -> str:
 @task
 def find_champion(model_name: str, tracking_uri: str) -> dict[str, Any]:
     """The version under the `champion` alias; when none has it yet, the latest version takes it."""
+    from mlflow import MlflowClient  # here: importing MLflow costs seconds, and the CLI loads this module's config
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION)
@@ -111,6 +124,8 @@ def start_from_champion(champion: str, dst: str, stages: list[str], steps: int) 
     the champion was trained before (refine, tone) is trained afresh; a stage whose every part the
     champion takes from a later one (the mapping under refine) is not fine-tuned: it would change
     nothing that restores use."""
+    from oldphoto.tasks.train import checkpoint_url  # here: it imports MLflow, which the CLI's start need not
+
     present = {stage for stage in DEFAULT if storage.exists(checkpoint_url(champion, stage))}
     used = set(sources(present).values())
     targets, config = {}, None
@@ -137,6 +152,9 @@ def decide(champion: dict[str, Any], challenger: dict[str, Any], evaluation: dic
     scores = evaluation["methods"]
     gain = scores["model"]["psnr_y"] - scores["compare"]["psnr_y"]
     promoted = gain >= margin_db
+    from mlflow import MlflowClient  # here: importing MLflow costs seconds, and the CLI loads this module's config
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION, challenger["version"])

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from oldphoto import storage
 
-from .restore import Colour
+from .restore import REPORT_DIR, SUMMARY, Colour, read_manifest
 
 REVIEW_DIR = "_review"
 DECISIONS_DIR = f"{REVIEW_DIR}/decisions"
@@ -151,3 +151,33 @@ def _write(url: str, rows: list[dict[str, Any]]) -> None:
     out = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=DECISION_SCHEMA), out, compression="zstd")
     storage.write_bytes_atomic(url, out.getvalue())
+
+
+def source_of(dst: str) -> str | None:
+    """SRC of the run that wrote DST's report (the folder of the originals), where it is still there."""
+    try:
+        src = json.loads(storage.read_bytes(storage.join(dst, REPORT_DIR, SUMMARY))).get("src")
+    except (FileNotFoundError, ValueError):
+        return None
+    if not src:
+        return None
+    fs, path = storage.filesystem(src)
+    if not fs.exists(path):
+        return None
+    return posixpath.dirname(src.rstrip("/")) if fs.isfile(path) else src  # a run may have named one file
+
+
+def reviewed(dst: str) -> dict[str, list[str]]:
+    """What a review of DST offers retraining: the scans of accepted restorations (real old photos),
+    the accepted restorations (clean photographs a curator vouched for), and the scans of rejected
+    ones (cases for the evaluation's before/after sheet); as URLs."""
+    src = source_of(dst)
+    if src is None:
+        raise FileNotFoundError(f"{dst}: the originals of this restored archive are not to be found "
+                                f"({REPORT_DIR}/{SUMMARY} names none that exists)")
+    manifest, decisions = read_manifest(dst), read_decisions(dst)
+    state = {k: current_decision(row, decisions.get(k)) for k, row in manifest.items() if row["status"] != "failed"}
+    accepted = sorted(k for k, s in state.items() if s == "accept")
+    return {"real": [storage.join(src, k) for k in accepted],
+            "clean": [storage.join(dst, manifest[k]["output_key"] or k) for k in accepted],
+            "rejected": [storage.join(src, k) for k in sorted(k for k, s in state.items() if s == "reject")]}

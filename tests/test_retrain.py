@@ -5,6 +5,7 @@ restores follow the champion."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -101,6 +102,26 @@ def test_retrain_rounds_promote_only_a_better_challenger(tmp_path, pairs, real, 
     assert out["model"] == f"models:/{NAME}/{one['challenger']}" and out["restored"] == 4
     restored = Image.open(io.BytesIO((tmp_path / "restored" / "a.png").read_bytes()))
     assert restored.size == (80, 64)
+
+    # Round 3: a reviewed archive. Accepted restorations are new clean photographs and their scans new
+    # real ones; the rejected scan goes to the evaluation's sheet; the undecided one nowhere.
+    from oldphoto.tasks.restore import read_manifest
+    from oldphoto.tasks.review import append_decision
+
+    _photos(tmp_path / "scans", ["s1.png", "s2.png", "s3.png", "s4.png"], 5)
+    archive = str(tmp_path / "reviewed")
+    restore_archive(str(tmp_path / "scans"), archive)
+    rows = read_manifest(archive)
+    for key, decision in (("s1.png", "accept"), ("s2.png", "accept"), ("s3.png", "reject")):
+        append_decision(archive, {"key": key, "decision": decision, "note": "", "settings": "{}", "reviewer": "curator",
+                                  "model_version": rows[key]["model_version"], "restored_at": rows[key]["restored_at"]})
+    three = retrain(config.model_copy(update={"reviewed": [archive]}))
+    assert three["new"] == {"clean": 2, "real": 2}
+    ledger = pq.read_table(tmp_path / "work" / "ledger.parquet").to_pylist()
+    assert sorted((r["kind"], r["key"].removeprefix(str(tmp_path) + "/")) for r in ledger if r["round"] == ledger[-1]["round"]) == [
+        ("clean", "reviewed/s1.png"), ("clean", "reviewed/s2.png"), ("real", "scans/s1.png"), ("real", "scans/s2.png")]
+    assert [p.name for p in (Path(three["round"]) / "rejected").iterdir()] == ["000000-s3.png"]
+    assert retrain(config.model_copy(update={"reviewed": [archive]}))["new"] == {"clean": 0, "real": 0}
 
 
 def test_decide_promotes_exactly_when_the_challenger_gains_the_margin(tmp_path, tracking):
