@@ -61,7 +61,8 @@ def main(out: Path = Path("out/demo")) -> None:
               "(Y-PSNR against the original)")
     print(f"\ndemo page:       {page.resolve()}\nrestored photos: {restored.resolve()}"
           f"\nreport:          {(restored / '_report' / 'index.html').resolve()}"
-          f"\nmanifest:        {(restored / '_manifest' / 'manifest.parquet').resolve()}")
+          f"\nmanifest:        {(restored / '_manifest' / 'manifest.parquet').resolve()}"
+          f"\n\nreview them in the browser: .venv/bin/oldphoto review {restored}")
 
 
 if __name__ == "__main__":
