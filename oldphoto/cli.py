@@ -222,37 +222,45 @@ def stack(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The commands; their options come from the configs they fill (oldphoto/options.py)."""
-    from .model.stages import DEFAULT, ORDER, STAGES
-    from .review import ReviewConfig
-    from .stack import StackConfig
-    from .tasks.evaluate import EvaluateConfig
-    from .tasks.restore import RestoreConfig
-    from .tasks.retrain import RetrainConfig
-    from .tasks.synth import SynthConfig
-
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The commands; their options come from the configs they fill (oldphoto/options.py). command:
+    only that one gets its options (the others are listed): each config's module is imported only
+    when its command runs, so that `oldphoto review` does not wait for torch, say."""
     parser = argparse.ArgumentParser(prog="oldphoto", description="Restore old photographs at archive scale.")
     parser.add_argument("--version", action="version", version=f"oldphoto {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show the INFO logs of Prefect, Dask and the other libraries on the console too")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, (text, options) in COMMANDS.items():
+        p = commands.add_parser(name, help=text)
+        if command in (None, name):
+            options(p)
+    return parser
 
-    p = commands.add_parser("synth", help="degrade clean photographs into Parquet shards of training pairs")
+
+def _synth_options(p: argparse.ArgumentParser) -> None:
+    from .tasks.synth import SynthConfig
+
     p.add_argument("src", help="folder, file or URL (s3://bucket/prefix) of clean photographs")
     p.add_argument("dst", help="folder or URL for the shards and manifest.json")
     add_options(p, SynthConfig, "synthesis")
     _add_settings(p, STORAGE_SETTINGS)
     p.set_defaults(run=synth)
 
-    p = commands.add_parser("restore", help="restore every photo under SRC into DST, with a manifest and a report")
+
+def _restore_options(p: argparse.ArgumentParser) -> None:
+    from .tasks.restore import RestoreConfig
+
     p.add_argument("src", help="folder, single file or URL (s3://bucket/prefix) of scans; never modified")
     p.add_argument("dst", help="folder or URL: DST/<same relative path>, DST/_manifest/, DST/_report/index.html")
     add_options(p, RestoreConfig, "restoration")
     _add_settings(p, MODEL_SETTINGS)
     p.set_defaults(run=restore)
 
-    p = commands.add_parser("evaluate", help="score a restorer and the classical baselines on held-out pairs")
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    from .tasks.evaluate import EvaluateConfig
+
     data = p.add_mutually_exclusive_group()
     data.add_argument("--pairs", help="folder or URL of synthesized pairs to score on")
     data.add_argument("--clean", help="clean photographs to synthesize a held-out set from (default: the photographs "
@@ -263,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, MODEL_SETTINGS)
     p.set_defaults(run=evaluate)
 
-    p = commands.add_parser("sheet", help="contact sheet of synthetic pairs beside real old photographs")
+
+def _sheet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("pairs", help="folder or URL of synthesized shards")
     p.add_argument("out", help="PNG file to write")
     p.add_argument("--real", help="folder or URL of real old photographs to show beside them")
@@ -271,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p, STORAGE_SETTINGS, workers=False)
     p.set_defaults(run=sheet)
 
-    p = commands.add_parser("train", help="train the stages, tracked in MLflow, and register the restorer")
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from .model.stages import DEFAULT, STAGES
+
     _add_training_arguments(p)
     p.add_argument("--stages", default=",".join(DEFAULT), help="comma-separated stages to train (default: %(default)s): "
                    + "; ".join(f"{name}: {stage.doc}" for name, stage in STAGES.items()))
@@ -279,29 +291,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="oldphoto-restorer", help="registered model name in MLflow")
     p.set_defaults(run=train)
 
-    p = commands.add_parser("train-stage", help="one stage, no tracking: for torchrun and DistributedDataParallel")
+
+def _train_stage_options(p: argparse.ArgumentParser) -> None:
+    from .model.stages import ORDER
+
     p.add_argument("stage", choices=ORDER)
     _add_training_arguments(p)
     p.add_argument("--checkpoints", required=True, help="folder or URL for the stage's checkpoint")
     p.set_defaults(run=train_stage)
 
-    p = commands.add_parser("retrain", help="one round of champion and challenger on the material that arrived "
-                            "since the last round (the retrain deployment runs it weekly)")
+
+def _retrain_options(p: argparse.ArgumentParser) -> None:
+    from .tasks.retrain import RetrainConfig
+
     add_options(p, RetrainConfig, "retraining")
     _add_settings(p, MODEL_SETTINGS)
     p.set_defaults(run=retrain)
 
-    p = commands.add_parser("review", help="a web page to accept, reject or send back each restoration under DST")
+
+def _review_options(p: argparse.ArgumentParser) -> None:
+    from .review import ReviewConfig
+
     p.add_argument("dst", help="folder or URL of a restored archive (with its _manifest)")
     add_options(p, ReviewConfig, "review")
     _add_settings(p, ("s3_endpoint_url",), workers=False)
     p.set_defaults(run=review)
 
-    p = commands.add_parser("stack", help="the local monitoring stack: Prefect server and worker, MLflow, Dask")
+
+def _stack_options(p: argparse.ArgumentParser) -> None:
+    from .stack import StackConfig
+
     p.add_argument("action", choices=["up", "status", "down"])
     add_options(p, StackConfig, "stack", exclude=("timeout",))
     p.set_defaults(run=stack)
-    return parser
+
+
+COMMANDS = {
+    "synth": ("degrade clean photographs into Parquet shards of training pairs", _synth_options),
+    "restore": ("restore every photo under SRC into DST, with a manifest and a report", _restore_options),
+    "evaluate": ("score a restorer and the classical baselines on held-out pairs", _evaluate_options),
+    "sheet": ("contact sheet of synthetic pairs beside real old photographs", _sheet_options),
+    "train": ("train the stages, tracked in MLflow, and register the restorer", _train_options),
+    "train-stage": ("one stage, no tracking: for torchrun and DistributedDataParallel", _train_stage_options),
+    "retrain": ("one round of champion and challenger on the material that arrived since the last round (the "
+                "retrain deployment runs it weekly)", _retrain_options),
+    "review": ("a web page to accept, reject or send back each restoration under DST", _review_options),
+    "stack": ("the local monitoring stack: Prefect server and worker, MLflow, Dask", _stack_options),
+}
 
 
 @contextmanager
@@ -374,7 +410,8 @@ def quiet_console(argv: Sequence[str]) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     with quiet_console(sys.argv[1:] if argv is None else argv):
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(next((a for a in argv if a in COMMANDS), "")).parse_args(argv)
         try:
             with exit_on_sigterm():
                 return args.run(args)

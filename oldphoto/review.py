@@ -81,6 +81,7 @@ class Archive:
         self._decisions: dict[str, dict[str, Any]] = {}
         self._seen_files: set[str] = set()
         fold_decisions(dst)
+        self.rows(), self.decisions()  # read before the address is printed: the first page then opens at once
 
     def rows(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """The manifest's rows in key order, and by key: read again only when its files change."""
