@@ -200,11 +200,13 @@ def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dic
     key -> stamp of every input, the rows of those restored earlier with this model whose output is
     still there (done), those of them known unchanged by their stamp (skipped, unless force or
     verify), and the batches of the rest."""
-    root, stamps = list_inputs(src, dst)
-    manifest = read_manifest(dst)
+    # The three reads are independent; on object storage each is pages of requests: run them at once.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        inputs, manifest, outputs = (pool.submit(list_inputs, src, dst), pool.submit(read_manifest, dst),
+                                     pool.submit(lambda: set() if config.redo else list_outputs(dst)))
+        (root, stamps), manifest, outputs = inputs.result(), manifest.result(), outputs.result()
     if config.redo:
         return _plan_redo(root, dst, stamps, manifest, config)
-    outputs = list_outputs(dst)
     done = {k: r for k, r in manifest.items()
             if k in stamps and k in outputs and r["status"] in ("restored", "skipped") and r["model_version"] == version}
     skipped = {} if config.force or config.verify else {k: r for k, r in done.items() if r.get("stamp") == stamps[k]}
