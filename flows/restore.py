@@ -13,8 +13,8 @@ from prefect.logging import get_run_logger
 
 from oldphoto.progress import FlowProgress
 from oldphoto.settings import get_settings
-from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, fold_manifest, new_run_id, plan_restore,
-                                    record_skipped, restore_batch, write_report)
+from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, clear_leftovers, fold_manifest, new_run_id,
+                                    plan_restore, record_skipped, restore_batch, write_report)
 
 ARTIFACT_ROWS = 500  # rows of the run's artifact besides the failures: a million-row table helps nobody
 
@@ -55,6 +55,7 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     progress.close()
     rows.sort(key=lambda r: r["key"])
 
+    clear_leftovers(dst, [r["key"] for r in rows if r["status"] == "restored"])
     manifest = fold_manifest(dst)
     seconds = time.perf_counter() - started
     count = {s: sum(r["status"] == s for r in rows) for s in ("restored", "skipped", "failed")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import uuid
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def _unreachable_as_oserror(url: str):
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
     protocol = fs.protocol
     return {protocol} if isinstance(protocol, str) else set(protocol)
+
+
+def is_local(url: str) -> bool:
+    return "file" in _protocols(filesystem(url)[0])
 
 
 def absolute(url: str) -> str:
@@ -129,6 +134,9 @@ def _write_bytes_atomic(url: str, data: bytes) -> None:
         temporary = f"{path}.tmp-{uuid.uuid4().hex}"
         fs.pipe_file(temporary, data)
         fs.mv(temporary, path)
+
+
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # the name of a local write in progress
 
 
 def _write_local_atomic(path: Path, data: bytes) -> None:

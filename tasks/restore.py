@@ -93,10 +93,15 @@ class RestoreConfig(EngineConfig):
                                                      "(`oldphoto review`); every other output is left as it is")
 
 
-@functools.cache
 def restorer_for(model: str, device: str, precision: str, tile: int):
-    """The engine for a model, loaded once per process (per Dask worker), with the model's version:
-    a hash of its weights, so that the same weights count as the same model however referenced."""
+    """The engine for a model, loaded once per process (per Dask worker) and again when its file
+    changes, with the model's version: a hash of its weights, so that the same weights count as the
+    same model however referenced."""
+    return _loaded(model, device, precision, tile, _model_stamp(model))
+
+
+@functools.cache
+def _loaded(model: str, device: str, precision: str, tile: int, stamp: str | None):
     import torch
 
     from oldphoto.model.engine import Restorer
@@ -155,9 +160,36 @@ def _may_have_champion(database: Path) -> bool:
 
 @task
 def check_model(model: str, device: str = "auto", precision: str = "auto", tile: int = 512) -> str:
-    """Load the model before any image is touched: a missing or corrupt model file fails the run here.
-    Run on a worker, it also leaves the model loaded there for the batches."""
-    return restorer_for(model, device, precision, tile)[1]
+    """The model's version, from loading it before any image is touched: a missing or corrupt model
+    file fails the run here (run on a worker, it also leaves the model loaded there for the batches).
+    A model known unchanged since it was loaded (a file of the same size and modification time, or a
+    registry version by number) is named from OLDPHOTO_HOME's record without loading it again: a
+    rerun with nothing to do never loads torch."""
+    from oldphoto.settings import get_settings
+
+    stamp, record = _model_stamp(model), get_settings().home / "model-versions.json"
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if stamp in known:
+        return known[stamp]
+    version = restorer_for(model, device, precision, tile)[1]
+    if stamp:
+        with contextlib.suppress(OSError):  # only a record: a read-only home costs a load per run, nothing else
+            storage.write_bytes_atomic(str(record), json.dumps(known | {stamp: version}, indent=1).encode())
+    return version
+
+
+def _model_stamp(model: str) -> str | None:
+    """What identifies a model's bytes without reading them: a local file's path, size and
+    modification time; a registry version given by number (they never change); else None."""
+    if model.startswith("models:/") and model.rsplit("/", 1)[-1].isdigit():
+        return model
+    if "://" not in model and (path := Path(model)).is_file():
+        stat = path.stat()
+        return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return None
 
 
 def is_safe_key(key: str) -> bool:
@@ -411,6 +443,24 @@ def record_skipped(dst: str, skipped: dict[str, dict[str, Any]], run_id: str) ->
     if rows:
         _write_part(dst, f"part-{run_id}-skipped.parquet", rows)
     return rows
+
+
+@task
+def clear_leftovers(dst: str, keys: list[str]) -> int:
+    """Remove the temporary files that writers killed mid-write (a lost Dask worker, say) left in the
+    folders this run wrote to; the number removed. Run once every batch has finished: no write of
+    this run is still under way (two runs into one DST at once are not supported)."""
+    if not storage.is_local(dst):
+        return 0  # object stores publish whole objects: nothing is left behind
+    root = storage.filesystem(dst)[1]
+    folders = {Path(root, key).parent for key in keys} | {Path(root, REPORT_DIR, "thumbs"), Path(root, REPORT_DIR, "masks")}
+    removed = 0
+    for folder in folders:
+        for leftover in folder.glob(".*.tmp"):
+            if storage.TEMPORARY.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])

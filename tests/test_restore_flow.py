@@ -335,3 +335,36 @@ def test_a_local_registry_without_a_champion_resolves_the_shipped_model_without_
     client.set_registered_model_alias("oldphoto-restorer", "champion", version)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == [f"models:/oldphoto-restorer/{version}", "True"]
+
+
+def test_a_rerun_with_nothing_to_do_does_not_load_the_model_and_a_changed_model_file_is_loaded(tmp_path, model):
+    """The model's version is recorded by its file's stamp: a rerun that skips everything never imports
+    torch; a model file written anew (a new stamp) is loaded, and a corrupt one fails the run."""
+    import shutil
+
+    src, dst, weights = tmp_path / "scans", tmp_path / "restored", tmp_path / "model.pt"
+    src.mkdir()
+    shutil.copy(model, weights)
+    (src / "a.png").write_bytes(save(picture(40, 48), "PNG"))
+    first = run(str(src), str(dst), model=str(weights))
+    probe = ("import sys, json; from oldphoto.flows.restore import restore_archive; from oldphoto.flows.runner import task_runner; "
+             "from oldphoto.tasks.restore import RestoreConfig; "
+             f"s = restore_archive.with_options(task_runner=task_runner(1))({str(src)!r}, {str(dst)!r}, RestoreConfig(model={str(weights)!r})); "
+             "print(json.dumps([s['skipped'], s['model_version'], 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ | {"OLDPHOTO_DASK_ADDRESS": ""})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, first["model_version"], False], out.stderr[-2000:]
+    weights.write_bytes(weights.read_bytes()[: 1000])  # the same path, new bytes: loaded, and refused
+    with pytest.raises(Exception, match="model"):
+        run(str(src), str(dst), model=str(weights))
+
+
+def test_a_run_clears_what_killed_writers_left(tmp_path, model):
+    src, dst = tmp_path / "scans", tmp_path / "restored"
+    (src / "box").mkdir(parents=True)
+    (src / "box" / "a.png").write_bytes(save(picture(40, 48), "PNG"))
+    (dst / "box").mkdir(parents=True)
+    leftover = dst / "box" / f".a.png.{'0' * 32}.tmp"  # as a writer killed mid-write leaves it
+    leftover.write_bytes(b"half an image")
+    (dst / "box" / ".notes.tmp").write_text("the archivist's")  # not ours: kept
+    assert run(str(src), str(dst), model=model)["restored"] == 1
+    assert not leftover.exists() and (dst / "box" / ".notes.tmp").exists()
