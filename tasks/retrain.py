@@ -152,8 +152,7 @@ def decide(champion: dict[str, Any], challenger: dict[str, Any], evaluation: dic
     scores = evaluation["methods"]
     gain = scores["model"]["psnr_y"] - scores["compare"]["psnr_y"]
     promoted = gain >= margin_db
-    from mlflow import MlflowClient  # here: importing MLflow costs seconds, and the CLI loads this module's config
-    from mlflow.exceptions import MlflowException
+    from mlflow import MlflowClient  # here: importing MLflow costs seconds
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     if promoted:
