@@ -6,12 +6,15 @@ from __future__ import annotations
 import io
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import storage
-from .model.restorer import RestorerNetwork
+
+if TYPE_CHECKING:
+    from .model.restorer import RestorerNetwork
+
+# torch is imported where weights are read, not here: naming the registry's alias (a restore's first
+# step) must not wait two seconds for it.
 
 BUNDLE_FILE = "restorer.pt"
 REGISTERED_NAME = "oldphoto-restorer"
@@ -32,6 +35,8 @@ def read_weights(ref: str) -> Any:
     except FileNotFoundError:
         raise FileNotFoundError(f"{ref}: no such weights file") from None
     try:
+        import torch
+
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{ref}: not a readable weights file ({type(error).__name__}: {error})"[:500]) from None
@@ -59,6 +64,8 @@ def _read_mlflow_bundle(ref: str) -> Any:
 def load_restorer(ref: str) -> RestorerNetwork:
     bundle = read_weights(ref)
     try:
+        from .model.restorer import RestorerNetwork
+
         return RestorerNetwork.from_bundle(bundle)
     except (ValueError, KeyError, RuntimeError) as error:
         raise ValueError(f"{ref}: not a usable restorer bundle ({error})"[:500]) from None
