@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import storage
 from .images import decode_archive, to_rgb8
 from .pages import render
-from .tasks.restore import MANIFEST_DIR, REPORT_DIR, is_safe_key, mask_key, read_manifest, thumbnail_key
+from .tasks.restore import MANIFEST_DIR, REPORT_DIR, is_safe_key, mask_key, read_manifest, restored_at, thumbnail_key
 from .tasks.review import (REVIEW_DIR, UNDECIDED, RedoSettings, append_decision, current_decision, decision_files,
-                           fold_decisions, judged, merge_decisions, read_decision_files, source_of)
+                           fold_decisions, merge_decisions, read_decision_files, source_of)
 
 TILE = 512  # full-resolution tiles of the zoomed view
 VIEW = 1600  # long side of the rendition shown fitted to the window
@@ -113,7 +113,7 @@ class Archive:
             raise KeyError(decision.key)
         record = {"key": decision.key, "decision": decision.decision, "note": decision.note,
                   "settings": json.dumps(decision.settings.overrides()), "reviewer": decision.reviewer or reviewer,
-                  "model_version": row["model_version"], "restored_at": judged(row)}
+                  "model_version": row["model_version"], "restored_at": restored_at(row)}
         stored = append_decision(self.dst, record)
         with self._lock:
             merge_decisions(self._decisions, [stored])
@@ -129,7 +129,7 @@ class Archive:
                 "reviewer": decision["reviewer"] if holds else None,
                 "decided_at": decision["decided_at"].isoformat() if holds and decision.get("decided_at") else None,
                 "model_version": row["model_version"], "damaged": row.get("damaged"),
-                "restored_at": judged(row).isoformat() if judged(row) else None}
+                "restored_at": restored_at(row).isoformat() if restored_at(row) else None}
 
     def items(self, which: str, offset: int, limit: int) -> dict[str, Any]:
         rows, _ = self.rows()
@@ -153,12 +153,12 @@ class Archive:
 
     def _cache_url(self, side: str, row: dict[str, Any], name: str) -> str:
         # The output's or input's version in the name: a restoration made again gets new renditions.
-        version = row.get("stamp") if side == "before" else str(judged(row))
+        version = row.get("stamp") if side == "before" else str(restored_at(row))
         digest = hashlib.sha256(f"{row['key']}\n{version}".encode()).hexdigest()[:24]
         return storage.join(self.dst, REVIEW_DIR, "cache", digest, side, name)
 
     def pixels(self, side: str, row: dict[str, Any]) -> np.ndarray:
-        return _decoded(self._source_url(side, row), str(judged(row)) + str(row.get("stamp")), side == "mask")
+        return _decoded(self._source_url(side, row), str(restored_at(row)) + str(row.get("stamp")), side == "mask")
 
     def meta(self, row: dict[str, Any]) -> dict[str, Any]:
         url = self._cache_url("after", row, "meta.json")

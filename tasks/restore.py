@@ -333,8 +333,8 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
                 loads[i] = None  # free the decoded image once restored
                 row.update(size=size, sha256=sha256)
                 if image is None:  # the output of an earlier restoration stays: so do its particulars
-                    row.update({k: done[key].get(k) for k in ("restored_at", "settings", "damaged")},
-                               status="skipped", output_key=key)
+                    row.update(settings=done[key].get("settings"), damaged=done[key].get("damaged"),
+                               restored_at=restored_at(done[key]), status="skipped", output_key=key)
                 else:
                     if isinstance(image, Exception):
                         raise image
@@ -358,6 +358,12 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
             row["restored_at"] = now
     _write_part(dst, f"part-{run_id}-{batch:06d}.parquet", rows)
     return rows
+
+
+def restored_at(row: dict[str, Any]) -> datetime | None:
+    """When a manifest row's output was made; rows written before the manifest recorded it: when
+    their run finished, the latest it can have been made."""
+    return row.get("restored_at") or row.get("finished_at")
 
 
 def _settle(pending: tuple[dict[str, Any], Future] | None) -> None:
@@ -438,8 +444,8 @@ def _write_part(dst: str, name: str, rows: list[dict[str, Any]]) -> None:
 def record_skipped(dst: str, skipped: dict[str, dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
     """Manifest rows of inputs skipped unread (known unchanged by their stamp), as one part."""
     now = datetime.now(timezone.utc)
-    rows = [row | {"status": "skipped", "reason": None, "output_key": key, "seconds": 0.0, "finished_at": now}
-            for key, row in skipped.items()]
+    rows = [row | {"status": "skipped", "reason": None, "output_key": key, "seconds": 0.0, "finished_at": now,
+                   "restored_at": restored_at(row)} for key, row in skipped.items()]
     if rows:
         _write_part(dst, f"part-{run_id}-skipped.parquet", rows)
     return rows

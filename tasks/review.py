@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from oldphoto import storage
 
-from .restore import REPORT_DIR, SUMMARY, Colour, read_manifest
+from .restore import REPORT_DIR, SUMMARY, Colour, read_manifest, restored_at
 
 REVIEW_DIR = "_review"
 DECISIONS_DIR = f"{REVIEW_DIR}/decisions"
@@ -52,11 +52,6 @@ class RedoSettings(BaseModel):
 
     def overrides(self) -> dict[str, str]:
         return self.model_dump(exclude_none=True)
-
-
-def judged(row: dict[str, Any]) -> datetime | None:
-    """Which restoration a manifest row stands for: when it was made (older manifests: finished_at)."""
-    return row.get("restored_at") or row.get("finished_at")
 
 
 def append_decision(dst: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +115,7 @@ def current_decision(manifest_row: dict[str, Any], decision: dict[str, Any] | No
     or taken back, leaves it undecided."""
     if decision is None or decision["decision"] == UNDECIDED:
         return UNDECIDED
-    return decision["decision"] if decision["restored_at"] == judged(manifest_row) else UNDECIDED
+    return decision["decision"] if decision["restored_at"] == restored_at(manifest_row) else UNDECIDED
 
 
 def to_redo(manifest: dict[str, dict[str, Any]], which: Literal["rejected", "redo"],

@@ -307,3 +307,22 @@ def test_a_curator_works_through_the_page_in_a_real_browser(archive):
             assert browser.find_element(By.CSS_SELECTOR, "#filters button[data-filter=rejected]").text == "rejected 1"
     finally:
         browser.quit()
+
+
+def test_a_decision_on_a_row_of_an_older_manifest_holds_across_reruns(tmp_path):
+    """Manifests written before `restored_at` existed: the run's finish time stands for it, and a
+    rerun that skips the item keeps that, so the curator's decision keeps holding."""
+    from datetime import datetime, timedelta, timezone
+
+    from oldphoto.tasks.restore import read_manifest, record_skipped, restored_at
+    from oldphoto.tasks.review import current_decision
+
+    then = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    old = {"key": "a.png", "size": 1, "sha256": "0", "stamp": "1:1", "status": "restored", "reason": None,
+           "output_key": "a.png", "model_name": "m", "model_version": "v", "seconds": 1.0, "finished_at": then}
+    decision = {"decision": "accept", "restored_at": restored_at(old)}
+    record_skipped.fn(str(tmp_path), {"a.png": old}, "rerun")
+    skipped = read_manifest(str(tmp_path))["a.png"]
+    assert skipped["finished_at"] > then and skipped["restored_at"] == then
+    assert current_decision(skipped, decision) == "accept"
+    assert current_decision(skipped | {"restored_at": then + timedelta(days=1)}, decision) == "undecided"
