@@ -161,14 +161,16 @@ class Archive:
         return _decoded(self._source_url(side, row), str(restored_at(row)) + str(row.get("stamp")), side == "mask")
 
     def meta(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The restoration's size and renditions (cached), and whether this server can show the original."""
         url = self._cache_url("after", row, "meta.json")
         if storage.exists(url):
-            return json.loads(storage.read_bytes(url))
-        h, w = self.pixels("after", row).shape[:2]
-        meta = {"width": w, "height": h, "tile": TILE, "view": _fit(w, h, VIEW),
-                "before": self.src is not None, "mask": storage.exists(self._source_url("mask", row))}
-        storage.write_bytes_atomic(url, json.dumps(meta).encode())
-        return meta
+            meta = json.loads(storage.read_bytes(url))
+        else:
+            h, w = self.pixels("after", row).shape[:2]
+            meta = {"width": w, "height": h, "tile": TILE, "view": _fit(w, h, VIEW),
+                    "mask": storage.exists(self._source_url("mask", row))}
+            storage.write_bytes_atomic(url, json.dumps(meta).encode())
+        return meta | {"before": self.src is not None}
 
     def rendition(self, side: str, row: dict[str, Any], col: int | None = None, tile_row: int | None = None) -> bytes:
         """The view-sized image (col None) or one full-resolution tile, as JPEG (PNG with alpha for the mask)."""
