@@ -106,11 +106,8 @@ class Archive:
             self._seen_files |= new
             return self._decisions
 
-    def decide(self, decision: Decision, reviewer: str) -> dict[str, Any]:
-        _, index = self.rows()
-        row = index.get(decision.key)
-        if row is None:
-            raise KeyError(decision.key)
+    def decide(self, row: dict[str, Any], decision: Decision, reviewer: str) -> dict[str, Any]:
+        """Store a decision on row's restoration; the item as it now stands."""
         record = {"key": decision.key, "decision": decision.decision, "note": decision.note,
                   "settings": json.dumps(decision.settings.overrides()), "reviewer": decision.reviewer or reviewer,
                   "model_version": row["model_version"], "restored_at": restored_at(row)}
@@ -279,11 +276,7 @@ def create_app(dst: str, src: str | None = None, token: str | None = None):
 
     @app.post("/api/decisions")
     def decide(decision: Decision) -> dict[str, Any]:
-        row_of(decision.key)
-        try:
-            return archive.decide(decision, reviewer)
-        except KeyError:
-            raise HTTPException(404, f"{decision.key!r} is not in the manifest of {dst}") from None
+        return archive.decide(row_of(decision.key), decision, reviewer)
 
     def image(side: str, key: str, col: int | None, tile_row: int | None) -> Response:
         row = row_of(key)

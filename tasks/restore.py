@@ -255,10 +255,12 @@ def _plan_redo(root: str, dst: str, stamps: dict[str, str], manifest: dict[str, 
     from .review import read_decisions, to_redo
 
     chosen = {k: v for k, v in to_redo(manifest, config.redo, read_decisions(dst)).items() if k in stamps}
+    groups: dict[str, dict[str, int]] = {}  # the settings, as JSON -> key -> input size
+    for key, overrides in chosen.items():
+        groups.setdefault(json.dumps(overrides, sort_keys=True), {})[key] = stamp_size(stamps[key])
     batches, settings = [], []
-    for group in sorted({json.dumps(v, sort_keys=True) for v in chosen.values()}):
-        keys = {k: stamp_size(stamps[k]) for k, v in chosen.items() if json.dumps(v, sort_keys=True) == group}
-        for batch in plan_batches(keys, config.batch_megabytes * 2**20, config.batch_size):
+    for group, sizes in sorted(groups.items()):
+        for batch in plan_batches(sizes, config.batch_megabytes * 2**20, config.batch_size):
             batches.append(batch)
             settings.append(json.loads(group))
     return {"root": root, "stamps": {k: stamps[k] for k in chosen}, "done": {}, "skipped": {},

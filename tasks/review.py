@@ -82,15 +82,17 @@ def decision_files(dst: str) -> set[str]:
     return set(fs.glob(posixpath.join(path, "*.parquet"))) if fs.exists(path) else set()
 
 
-def read_decision_files(dst: str, files: set[str]) -> list[dict[str, Any]]:
-    """The rows of some of the files; one folded away meanwhile is passed over (the folded file has them)."""
+def read_decision_files(dst: str, files: set[str], strict: bool = False) -> list[dict[str, Any]]:
+    """The rows of some of the files; one folded away meanwhile is passed over (the folded file has
+    them), or, strict, raises FileNotFoundError."""
     fs, _ = storage.filesystem(dst)
     rows = []
     for file in sorted(files):
         try:
             rows += pq.read_table(io.BytesIO(fs.cat_file(file))).to_pylist()
         except FileNotFoundError:
-            continue
+            if strict:
+                raise
     return rows
 
 
@@ -132,13 +134,13 @@ def to_redo(manifest: dict[str, dict[str, Any]], which: Literal["rejected", "red
 
 
 def _files(dst: str) -> dict[str, list[dict[str, Any]]]:
+    """Every decision file's rows; listed again when a fold removed one between listing and reading."""
     for _ in range(3):
         files = decision_files(dst)
-        fs, _ = storage.filesystem(dst)
         try:
-            return {file: pq.read_table(io.BytesIO(fs.cat_file(file))).to_pylist() for file in sorted(files)}
+            return {file: read_decision_files(dst, {file}, strict=True) for file in sorted(files)}
         except FileNotFoundError:
-            continue  # folded away between the listing and the read: list again, to find the folded file
+            continue
     raise RuntimeError(f"{storage.join(dst, DECISIONS_DIR)}: decisions kept changing while being read")
 
 
