@@ -139,6 +139,22 @@ def _write_bytes_atomic(url: str, data: bytes) -> None:
 TEMPORARY = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # the name of a local write in progress
 
 
+def remove_leftovers(url: str, folders: set[str] = frozenset({""})) -> int:
+    """Remove the temporary files that local writes killed midway left in url's folders (relative
+    paths; "" is url itself); the number removed. Call it when no write into them is under way:
+    object stores publish whole objects, so there is nothing to remove there."""
+    if not is_local(url):
+        return 0
+    root = Path(filesystem(url)[1])
+    removed = 0
+    for folder in folders:
+        for leftover in (root / folder).glob(".*.tmp"):
+            if TEMPORARY.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def _write_local_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created as cp creates files: mode 0666 less the umask (0644 under the usual 022), not

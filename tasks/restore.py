@@ -455,20 +455,11 @@ def record_skipped(dst: str, skipped: dict[str, dict[str, Any]], run_id: str) ->
 
 @task
 def clear_leftovers(dst: str, keys: list[str]) -> int:
-    """Remove the temporary files that writers killed mid-write (a lost Dask worker, say) left in the
-    folders this run wrote to; the number removed. Run once every batch has finished: no write of
-    this run is still under way (two runs into one DST at once are not supported)."""
-    if not storage.is_local(dst):
-        return 0  # object stores publish whole objects: nothing is left behind
-    root = storage.filesystem(dst)[1]
-    folders = {Path(root, key).parent for key in keys} | {Path(root, REPORT_DIR, "thumbs"), Path(root, REPORT_DIR, "masks")}
-    removed = 0
-    for folder in folders:
-        for leftover in folder.glob(".*.tmp"):
-            if storage.TEMPORARY.fullmatch(leftover.name):
-                leftover.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    """Remove what writers killed mid-write (a lost Dask worker, say) left in the folders this run
+    wrote to. Run once every batch has finished: no write of this run is still under way (two runs
+    into one DST at once are not supported)."""
+    folders = {posixpath.dirname(key) for key in keys} | {f"{REPORT_DIR}/thumbs", f"{REPORT_DIR}/masks"}
+    return storage.remove_leftovers(dst, folders)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10])

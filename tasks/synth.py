@@ -155,7 +155,9 @@ def check_destination(dst: str, dataset_fingerprint: str) -> None:
 @task
 def write_manifest(dst: str, manifest: dict[str, Any]) -> str:
     """Write the manifest, unless the same bytes are there: a rerun that skips every shard then
-    changes nothing in dst (no new object, nor a new version in a versioned bucket)."""
+    changes nothing in dst (no new object, nor a new version in a versioned bucket). Every shard is
+    written by now: what writers killed midway (an earlier run's) left in dst goes."""
+    storage.remove_leftovers(dst)
     url = storage.join(dst, "manifest.json")
     data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     if not (storage.exists(url) and storage.read_bytes(url) == data):
