@@ -13,8 +13,9 @@ from prefect.logging import get_run_logger
 
 from oldphoto.progress import FlowProgress
 from oldphoto.settings import get_settings
-from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, clear_leftovers, fold_manifest, new_run_id,
-                                    plan_restore, record_skipped, restore_batch, write_report)
+from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, clear_leftovers, fold_manifest, keep_plan,
+                                    new_run_id, plan_restore, record_skipped, recorded_version, restore_batch,
+                                    write_report)
 
 ARTIFACT_ROWS = 500  # rows of the run's artifact besides the failures: a million-row table helps nobody
 
@@ -56,12 +57,7 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     rows.sort(key=lambda r: r["key"])
 
     clear_leftovers(dst, [r["key"] for r in rows if r["status"] == "restored"])
-    manifest = fold_manifest(dst)
-    seconds = time.perf_counter() - started
-    count = {s: sum(r["status"] == s for r in rows) for s in ("restored", "skipped", "failed")}
-    summary = {"src": src, "dst": dst, "images": len(keys), **count, "model": config.model,
-               "model_version": version, "seconds": round(seconds, 2),
-               "images_per_second": round(count["restored"] / seconds, 3), "manifest": manifest}
+    summary = _summary(src, dst, config, version, rows, started, fold_manifest(dst))
     summary["report"] = write_report(dst, rows, summary)
     shown = [r for r in rows if r["status"] == "failed"] + [r for r in rows if r["status"] != "failed"][:ARTIFACT_ROWS]
     create_table_artifact([{k: r[k] for k in ("key", "status", "reason", "output_key", "seconds")} for r in shown],
@@ -69,6 +65,36 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
                           f"first {ARTIFACT_ROWS} others (all of them in the manifest)")
     logger.info("done: %s", summary)
     return summary
+
+
+def up_to_date(src: str, dst: str, config: RestoreConfig | None = None) -> dict[str, Any] | None:
+    """The summary of a run with nothing to do, done without Prefect: when every input under src is
+    known restored by the model and unchanged (the model's version from OLDPHOTO_HOME's record, the
+    inputs' from the listings and the manifest), the skips are recorded and the report written as
+    restore_archive would. Else None, and the plan is kept for restore_archive to take. For the
+    command line: a temporary Prefect API takes longer to start than such a rerun takes whole."""
+    started = time.perf_counter()
+    config = config or RestoreConfig()
+    config = config.model_copy(update={"model": choose_model.fn(config.model, get_settings().tracking_uri)})
+    version = recorded_version(config.model)
+    if version is None:
+        return None
+    plan = plan_restore.fn(src, dst, config, version)
+    if plan["batches"]:
+        keep_plan(plan, src, dst, config, version)
+        return None
+    rows = sorted(record_skipped.fn(dst, plan["skipped"], new_run_id()), key=lambda r: r["key"])
+    summary = _summary(src, dst, config, version, rows, started, fold_manifest.fn(dst))
+    summary["report"] = write_report.fn(dst, rows, summary)
+    return summary
+
+
+def _summary(src: str, dst: str, config: RestoreConfig, version: str, rows: list[dict[str, Any]], started: float,
+             manifest: str) -> dict[str, Any]:
+    seconds = time.perf_counter() - started
+    count = {s: sum(r["status"] == s for r in rows) for s in ("restored", "skipped", "failed")}
+    return {"src": src, "dst": dst, "images": len(rows), **count, "model": config.model, "model_version": version,
+            "seconds": round(seconds, 2), "images_per_second": round(count["restored"] / seconds, 3), "manifest": manifest}
 
 
 def _task_slots() -> int:

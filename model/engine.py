@@ -90,48 +90,79 @@ class Restorer:
         return [(y, x, th, tw) for y, th in tile_spans(h, self.tile, self.overlap, m)
                 for x, tw in tile_spans(w, self.tile, self.overlap, m)]
 
-    @torch.inference_mode()
     def restore(self, image: np.ndarray, scratch: ScratchMode = "auto", colour: ColourMode = "keep"
                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """scratch "off": no detection, local restoration only; "auto": detect, and run the partial
         non-local branch on the tiles where damage was found; "on": run it on every tile.
         colour "keep": the original's colours on the restored luminance; "restore": the model's colours."""
-        started = time.perf_counter()
-        if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
-            raise ValueError(f"expected a uint8 or uint16 image of 1 to 4 channels (H x W [x C]), got {image.dtype} {image.shape}")
+        return self.restore_many([image], scratch, colour)[0]
+
+    @torch.inference_mode()
+    def restore_many(self, images: list[np.ndarray], scratch: ScratchMode = "auto", colour: ColourMode = "keep"
+                     ) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+        """restore() of each image. Images of one shape and dtype go through the network together, as
+        many as fill one tile: a small photo alone pays the network's per-call overhead (measured: a
+        64x64 photo 9 ms alone, under 1 ms of network in a batch of 64)."""
+        for image in images:
+            if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
+                raise ValueError(f"expected a uint8 or uint16 image of 1 to 4 channels (H x W [x C]), got {image.dtype} {image.shape}")
         if colour not in ("keep", "restore"):
             raise ValueError(f"colour must be 'keep' or 'restore', got {colour!r}")
-        pixels, alpha = split_channels(image)
-        h, w = pixels.shape[:2]
-        scale = float(np.iinfo(image.dtype).max)
-        rgb = self._padded(pixels if pixels.ndim == 3 else pixels[..., None])
-        mask = (torch.zeros(1, 1, *rgb.shape[:2], dtype=torch.bool) if scratch == "off"
+        groups: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault((image.shape, image.dtype), []).append(i)
+        results: list = [None] * len(images)
+        m = self.network.multiple
+        for (shape, _), members in groups.items():
+            pixels = -(-shape[0] // m) * m * (-(-shape[1] // m) * m)
+            together = 1 if self.tile is None else max(1, self.tile**2 // pixels)  # memory as one tile's
+            for start in range(0, len(members), together):
+                chunk = members[start : start + together]
+                for i, result in zip(chunk, self._restore_alike([images[i] for i in chunk], scratch, colour)):
+                    results[i] = result
+        return results
+
+    def _restore_alike(self, images: list[np.ndarray], scratch: ScratchMode, colour: ColourMode
+                       ) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+        """restore() of images of one shape and dtype, as one batch."""
+        started = time.perf_counter()
+        split = [split_channels(image) for image in images]
+        gray = split[0][0].ndim == 2
+        h, w = split[0][0].shape[:2]
+        scale = float(np.iinfo(images[0].dtype).max)
+        padded = [self._padded(pixels[..., None] if gray else pixels) for pixels, _ in split]
+        rgb = padded[0][None] if len(padded) == 1 else np.stack(padded)  # B x H x W x C, no copy for one
+        mask = (torch.zeros(len(images), 1, *rgb.shape[1:3], dtype=torch.bool) if scratch == "off"
                 else self._detect(rgb, h, w, scale))
         out, global_tiles = self._restore_tiles(rgb, scale, mask, scratch)
-        out = self._tone(out[..., :h, :w], rgb[:h, :w], scale)
-        if pixels.ndim == 2:  # gray in, gray out: the luminance the network restored
+        out = self._tone(out[..., :h, :w], rgb[:, :h, :w], scale)
+        if gray:  # gray in, gray out: the luminance the network restored
             out = luminance(out)
         elif colour == "keep":
-            out = self._keep_colours(out, rgb[:h, :w], scale)
-        restored = out[0].permute(1, 2, 0).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(image.dtype)
-        restored = restored[..., 0] if pixels.ndim == 2 else restored
-        if alpha is not None:
-            restored = np.concatenate([restored.reshape(h, w, -1), alpha[..., None]], axis=2)
-        mask_out = mask[0, 0, :h, :w].numpy()
-        info = {"height": h, "width": w, "tiles": len(self._tiles(*rgb.shape[:2])), "global_tiles": global_tiles,
-                "damaged_fraction": float(mask_out.mean()), "precision": str(self.dtype).removeprefix("torch."),
-                "device": str(self.device), "seconds": time.perf_counter() - started}
-        return restored, mask_out, info
+            out = self._keep_colours(out, rgb[:, :h, :w], scale)
+        out = out.permute(0, 2, 3, 1).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(images[0].dtype)
+        seconds = (time.perf_counter() - started) / len(images)  # each image's share
+        results = []
+        for b, (_, alpha) in enumerate(split):
+            restored = out[b, ..., 0] if gray else out[b]
+            if alpha is not None:
+                restored = np.concatenate([restored.reshape(h, w, -1), alpha[..., None]], axis=2)
+            mask_out = mask[b, 0, :h, :w].numpy()
+            info = {"height": h, "width": w, "tiles": len(self._tiles(*rgb.shape[1:3])), "global_tiles": int(global_tiles[b]),
+                    "damaged_fraction": float(mask_out.mean()), "precision": str(self.dtype).removeprefix("torch."),
+                    "device": str(self.device), "seconds": seconds}
+            results.append((restored, mask_out, info))
+        return results
 
     @torch.inference_mode()
     def detect(self, image: np.ndarray) -> np.ndarray:
         """The damage mask alone (H x W bool), as restore finds it."""
         pixels = split_channels(image)[0]
-        rgb = self._padded(pixels if pixels.ndim == 3 else pixels[..., None])
+        rgb = self._padded(pixels if pixels.ndim == 3 else pixels[..., None])[None]
         return self._detect(rgb, *pixels.shape[:2], float(np.iinfo(image.dtype).max))[0, 0, : pixels.shape[0], : pixels.shape[1]].numpy()
 
     def _detect(self, rgb: np.ndarray, h: int, w: int, scale: float) -> torch.Tensor:
-        """The damage mask of the padded image (its first h x w pixels the photo's)."""
+        """The damage masks (B x 1 x H x W) of padded images (B x H x W x C, their first h x w pixels the photos')."""
         probability = self._blended(rgb, scale, 1, self._damage_probability)
         # A photo larger than those the detector learned on shows its damage wider: search it at
         # halved resolutions too (held-out pairs enlarged 2x and 4x: F1 about 0.80 so, against 0.58
@@ -140,7 +171,8 @@ class Restorer:
         # shipped one has.
         for level in range(1, detection_levels(h, w, self.network.config.scratch.reference_size)):
             sh, sw = -(-h // 2**level), -(-w // 2**level)
-            small = self._padded(cv2.resize(rgb[:h, :w], (sw, sh), interpolation=cv2.INTER_AREA).reshape(sh, sw, -1))
+            small = self._padded(np.stack([cv2.resize(image[:h, :w], (sw, sh), interpolation=cv2.INTER_AREA).reshape(sh, sw, -1)
+                                           for image in rgb]))
             coarse = self._blended(small, scale, 1, self._damage_probability)[..., :sh, :sw]
             coarse = F.interpolate(coarse, (h, w), mode="bilinear", align_corners=False)
             probability[..., :h, :w] = torch.maximum(probability[..., :h, :w], coarse)
@@ -150,17 +182,19 @@ class Restorer:
         return torch.sigmoid(self.network.scratch(luminance(tile)))
 
     def _restore_tiles(self, rgb: np.ndarray, scale: float, mask: torch.Tensor, scratch: ScratchMode
-                       ) -> tuple[torch.Tensor, int]:
-        """The restored padded image, and how many tiles ran the non-local branch (those with damage
-        under "auto", every one under "on")."""
-        global_tiles = []
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The restored padded images, and per image how many of its tiles ran the non-local branch
+        (those with damage under "auto", every one under "on")."""
+        global_tiles = torch.zeros(len(rgb), dtype=torch.long)
 
         def restore_tile(tile: torch.Tensor, region) -> torch.Tensor:
-            uses_global = scratch == "on" or (scratch == "auto" and bool(mask[region].any()))
-            global_tiles.append(uses_global)
-            return self.network(tile, mask[region].to(self.device) if uses_global else None)
+            uses = torch.full((len(tile),), scratch == "on") if scratch != "auto" else mask[region].flatten(1).any(1)
+            global_tiles.add_(uses)
+            # Images of a batch without damage get an empty mask: the partial non-local block leaves
+            # them exactly as the local branch alone would.
+            return self.network(tile, mask[region].to(self.device) if bool(uses.any()) else None)
 
-        return self._blended(rgb, scale, 3, restore_tile), sum(global_tiles)
+        return self._blended(rgb, scale, 3, restore_tile), global_tiles
 
     def _tone(self, out: torch.Tensor, rgb: np.ndarray, scale: float) -> torch.Tensor:
         """The tone correction of the whole output, when the model has one: one transform and one
@@ -172,33 +206,34 @@ class Restorer:
 
     def _keep_colours(self, out: torch.Tensor, rgb: np.ndarray, scale: float) -> torch.Tensor:
         """The original's colours on the restored luminance (model/colour.py)."""
-        size = filter_size(*rgb.shape[:2])
+        size = filter_size(*rgb.shape[1:3])
         original = self._small(rgb, scale, size)
         return keep_colours(out, chroma_coefficients(original, F.interpolate(out, size, mode="area")))
 
     def _padded(self, array: np.ndarray) -> np.ndarray:
-        """H x W x C with sides padded up to multiples of the latent grid's, by repeating the edge."""
+        """[B x] H x W x C with sides padded up to multiples of the latent grid's, by repeating the edge."""
         m = self.network.multiple
-        return np.pad(array, ((0, -array.shape[0] % m), (0, -array.shape[1] % m), (0, 0)), mode="edge")
+        pad = [(0, 0)] * (array.ndim - 3) + [(0, -array.shape[-3] % m), (0, -array.shape[-2] % m), (0, 0)]
+        return np.pad(array, pad, mode="edge")
 
     def _small(self, rgb: np.ndarray, scale: float, size: tuple[int, int]) -> torch.Tensor:
-        """The whole input area-averaged to size (height, width), in [-1, 1]; made from the image in
-        its own dtype, never a full-size float copy."""
-        small = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
-        small = small.reshape(*size, -1) * (2 / scale) - 1
-        return torch.from_numpy(small).permute(2, 0, 1)[None].expand(1, 3, -1, -1)
+        """The whole inputs (B x H x W x C) area-averaged to size (height, width), in [-1, 1]; made from
+        the images in their own dtype, never a full-size float copy."""
+        small = np.stack([cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA).reshape(*size, -1) for image in rgb])
+        small = small.astype(np.float32) * (2 / scale) - 1
+        return torch.from_numpy(small).permute(0, 3, 1, 2).expand(-1, 3, -1, -1)
 
     def _blended(self, array: np.ndarray, scale: float, channels: int, run) -> torch.Tensor:
-        """run(tile, region) on every tile of the padded image; the results blended into one image of
-        `channels` channels. Only the tile being computed is held as a float tensor."""
-        h, w = array.shape[:2]
-        total = torch.zeros(1, channels, h, w)
+        """run(tile, region) on every tile of the padded images (B x H x W x C); the results blended
+        into B images of `channels` channels. Only the tile being computed is held as a float tensor."""
+        b, h, w = array.shape[:3]
+        total = torch.zeros(b, channels, h, w)
         weight = torch.zeros(1, 1, h, w)
         for y, x, th, tw in self._tiles(h, w):
             region = (..., slice(y, y + th), slice(x, x + tw))
-            tile = torch.from_numpy(np.ascontiguousarray(array[y : y + th, x : x + tw])).float().mul_(2 / scale).sub_(1)
-            tile = tile.expand(th, tw, 3) if tile.shape[2] == 1 else tile
-            tile = tile.permute(2, 0, 1)[None].to(self.device).contiguous(memory_format=torch.channels_last)
+            tile = torch.from_numpy(np.ascontiguousarray(array[:, y : y + th, x : x + tw])).float().mul_(2 / scale).sub_(1)
+            tile = tile.expand(b, th, tw, 3) if tile.shape[3] == 1 else tile
+            tile = tile.permute(0, 3, 1, 2).to(self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
                 result = run(tile, region)
             window = blend_window(th, tw, self.overlap)

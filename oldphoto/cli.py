@@ -68,16 +68,26 @@ def _model_workers(args: argparse.Namespace, config_type):
 
 
 def restore(args: argparse.Namespace) -> int:
-    from .flows.restore import restore_archive
-    from .flows.runner import task_runner
-    from .prefect_api import prefect_api
-    from .storage import absolute
-    from .tasks.restore import RestoreConfig
+    from .prefect_api import PrefectAPI
 
-    workers, settings, config = _model_workers(args, RestoreConfig)
-    runner = task_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
-    with prefect_api():
-        summary = restore_archive.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
+    with PrefectAPI() as api:  # a temporary one starts now, beside the command's own start-up
+        from .flows.restore import restore_archive, up_to_date
+        from .flows.runner import task_runner
+        from .storage import absolute
+        from .tasks.restore import RestoreConfig, load_ahead
+
+        workers, settings, config = _model_workers(args, RestoreConfig)
+        src, dst = absolute(args.src), absolute(args.dst)
+        summary = up_to_date(src, dst, config)
+        if summary is not None:
+            print(f"oldphoto restore: all {summary['images']} images under {src} unchanged since restored with "
+                  f"model {summary['model_version']}: nothing to do, no flow run", file=sys.stderr)
+        else:
+            if workers == 1 and not settings.dask_address:
+                load_ahead(config)  # the tasks run in this process: the model loads while the API starts
+            runner = task_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
+            api.ready()
+            summary = restore_archive.with_options(task_runner=runner)(src, dst, config)
     print(json.dumps(summary, indent=2))
     return 1 if summary["failed"] else 0
 

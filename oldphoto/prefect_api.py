@@ -3,39 +3,108 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
+import httpx
+import prefect
 from prefect.logging.handlers import APILogHandler
-from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+# How Prefect's own ephemeral mode runs its server (prefect.server.api.server.SubprocessASGIServer).
+SERVER_APP = "prefect.server.api.server:create_app"
+SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+ADDRESS_IN_USE = 3  # uvicorn's exit status when the port was taken meanwhile
+
+
+class PrefectAPI:
+    """The configured Prefect API (PREFECT_API_URL, from the environment or the Prefect profile), or
+    a temporary local one for the duration of the `with` block.
+
+    Without this, every Dask worker process that runs a task would start a temporary API of its own
+    (seconds each, and competing SQLite writers). A temporary API is Prefect's own server app, run
+    as Prefect's ephemeral mode runs it, but started on entering the block and waited for only in
+    `ready()`: a command does its own start-up (imports, listing, loading the model) meanwhile, where
+    Prefect's ephemeral mode would first import its server (1.5 s here) and then wait for it (4 s).
+    A block left before `ready()` stops the server unused."""
+
+    def __init__(self, startup_timeout: float = 90):
+        self.startup_timeout = startup_timeout
+        self.url: str | None = PREFECT_API_URL.value() or None
+        self._server: subprocess.Popen | None = None
+        self._port = 0
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "PrefectAPI":
+        if self.url:
+            os.environ.setdefault("PREFECT_API_URL", self.url)  # for the workers
+        else:
+            self._launch()
+        return self
+
+    def _launch(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self._port = probe.getsockname()[1]
+        env = os.environ | SERVER_ENV | get_current_settings().to_environment_variables(exclude_unset=True)
+        # A temporary API serves one run and goes: its telemetry heartbeat only fails (and logs an
+        # ERROR on every run) on the offline machines archives often use. A user's setting wins.
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        self._server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
+             SERVER_APP, "--host", "127.0.0.1", "--port", str(self._port), "--log-level", "error", "--lifespan", "on"],
+            env=env)
+
+    def ready(self) -> str:
+        """The API's URL, once it answers; exported, so that workers and Prefect's client use it."""
+        if self.url:
+            return self.url
+        url = f"http://127.0.0.1:{self._port}/api"
+        deadline = time.monotonic() + self.startup_timeout
+        with httpx.Client() as client:
+            while True:
+                if (code := self._server.poll()) is not None:
+                    if code != ADDRESS_IN_USE:
+                        raise RuntimeError(f"the temporary Prefect API exited with status {code} as it started")
+                    self._launch()
+                    url = f"http://127.0.0.1:{self._port}/api"
+                try:
+                    if client.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the temporary Prefect API did not answer within {self.startup_timeout} s")
+                time.sleep(0.05)
+        self.url = url
+        os.environ["PREFECT_API_URL"] = url
+        self._stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
+        return url
+
+    def __exit__(self, *exc) -> None:
+        if self._server is None:
+            return
+        try:
+            if self.url:
+                APILogHandler().flush()  # send what the log worker still holds before the API goes
+                os.environ.pop("PREFECT_API_URL", None)
+            self._stack.close()
+        finally:
+            self._server.terminate()
+            try:
+                self._server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
 
 
 @contextmanager
-def prefect_api(startup_timeout: int = 90) -> Iterator[str | None]:
-    """Use the configured Prefect API, or start one temporary local API for the duration.
-
-    Without this, every Dask worker process that runs a task would start a temporary API of its own
-    (seconds each, and competing SQLite writers). The URL is exported so that workers inherit it.
-    """
-    configured = PREFECT_API_URL.value()
-    if configured:
-        os.environ.setdefault("PREFECT_API_URL", configured)
-        yield configured
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    # A temporary API serves one run and goes: its telemetry heartbeat only fails (and logs an ERROR
-    # on every run) on the offline machines archives often use. A user's explicit setting wins.
-    analytics = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
-    with temporary_settings(analytics):
-        server.start(timeout=startup_timeout)
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-    finally:
-        # Send what the log worker still holds before the API goes away.
-        APILogHandler().flush()
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+def prefect_api(startup_timeout: float = 90) -> Iterator[str]:
+    """The configured Prefect API, or a temporary local one, answering, for the duration."""
+    with PrefectAPI(startup_timeout) as api:
+        yield api.ready()

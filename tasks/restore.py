@@ -16,6 +16,7 @@ import io
 import json
 import os
 import posixpath
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,7 @@ from oldphoto.images import (DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, 
                              to_rgb8)
 from oldphoto.pages import render
 from oldphoto.runtime import keep_freed_memory
+from oldphoto.settings import get_settings
 
 DEFAULT_MODEL = str(Path(oldphoto.__file__).resolve().parent / "weights" / "default.pt")  # shipped, see its card
 MANIFEST_DIR, REPORT_DIR, SUMMARY = "_manifest", "_report", "summary.json"
@@ -80,7 +82,7 @@ class EngineConfig(BaseModel):
 class RestoreConfig(EngineConfig):
     """How an archive is restored; the defaults run on a laptop with the shipped model."""
 
-    batch_size: int = Field(64, gt=0, description="at most this many images per task")
+    batch_size: int = Field(256, gt=0, description="at most this many images per task")
     batch_megabytes: float = Field(16.0, gt=0, description="input megabytes per task: small images travel in large "
                                    "batches, which spreads each task's overhead; a large scan goes alone, and a "
                                    "crash redoes little")
@@ -96,8 +98,23 @@ class RestoreConfig(EngineConfig):
 def restorer_for(model: str, device: str, precision: str, tile: int):
     """The engine for a model, loaded once per process (per Dask worker) and again when its file
     changes, with the model's version: a hash of its weights, so that the same weights count as the
-    same model however referenced."""
-    return _loaded(model, device, precision, tile, _model_stamp(model))
+    same model however referenced. Callers in two threads (a load begun ahead, a task) load it once."""
+    with _loading:
+        return _loaded(model, device, precision, tile, _model_stamp(model))
+
+
+_loading = threading.Lock()
+
+
+def load_ahead(config: EngineConfig) -> None:
+    """Begin loading the model into this process's cache in a thread, while Prefect creates the flow
+    run: for a run whose tasks run in this process (one local worker). A model that cannot be loaded
+    is left for the flow's check_model to report."""
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            model = choose_model.fn(config.model, get_settings().tracking_uri)
+            restorer_for(model, config.device, config.precision, config.tile)
+    threading.Thread(target=load, name="oldphoto-load-ahead", daemon=True).start()
 
 
 @functools.cache
@@ -106,7 +123,6 @@ def _loaded(model: str, device: str, precision: str, tile: int, stamp: str | Non
 
     from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
-    from oldphoto.settings import get_settings
 
     # Set explicitly: Dask starts workers with OMP_NUM_THREADS=1, which torch would keep.
     if get_settings().torch_threads:
@@ -165,20 +181,32 @@ def check_model(model: str, device: str = "auto", precision: str = "auto", tile:
     A model known unchanged since it was loaded (a file of the same size and modification time, or a
     registry version by number) is named from OLDPHOTO_HOME's record without loading it again: a
     rerun with nothing to do never loads torch."""
-    from oldphoto.settings import get_settings
-
-    stamp, record = _model_stamp(model), get_settings().home / "model-versions.json"
-    try:
-        known = json.loads(record.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if stamp in known:
-        return known[stamp]
+    version = recorded_version(model)
+    if version is not None:
+        return version
     version = restorer_for(model, device, precision, tile)[1]
-    if stamp:
+    if stamp := _model_stamp(model):
+        record = get_settings().home / MODEL_VERSIONS
         with contextlib.suppress(OSError):  # only a record: a read-only home costs a load per run, nothing else
-            storage.write_bytes_atomic(str(record), json.dumps(known | {stamp: version}, indent=1).encode())
+            storage.write_bytes_atomic(str(record), json.dumps(_recorded() | {stamp: version}, indent=1).encode())
     return version
+
+
+MODEL_VERSIONS = "model-versions.json"  # under OLDPHOTO_HOME: model file stamp -> version
+
+
+def _recorded() -> dict[str, str]:
+    try:
+        return json.loads((get_settings().home / MODEL_VERSIONS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def recorded_version(model: str) -> str | None:
+    """A model's version without loading it, where it is known unchanged since it was loaded (a file
+    of the same size and modification time, or a registry version by number); else None."""
+    stamp = _model_stamp(model)
+    return _recorded().get(stamp) if stamp else None
 
 
 def _model_stamp(model: str) -> str | None:
@@ -248,6 +276,19 @@ def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dic
             "skipped": skipped, "batches": batches, "settings": [{}] * len(batches)}
 
 
+_planned: dict[str, dict[str, Any]] = {}  # plans made before the flow started (keep_plan), taken once
+
+
+def _plan_key(src: str, dst: str, config: RestoreConfig, version: str) -> str:
+    return json.dumps([src, dst, config.model_dump(mode="json"), version])
+
+
+def keep_plan(plan: dict[str, Any], src: str, dst: str, config: RestoreConfig, version: str) -> None:
+    """Hand a plan made in this process to the flow that follows, whose plan_restore then takes it
+    instead of listing again (minutes, for a large bucket)."""
+    _planned[_plan_key(src, dst, config, version)] = plan
+
+
 def _plan_redo(root: str, dst: str, stamps: dict[str, str], manifest: dict[str, dict[str, Any]],
                config: RestoreConfig) -> dict[str, Any]:
     """Only the items the review sent back (inputs still under SRC), each group of equal settings in
@@ -310,49 +351,53 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
                   run_id: str, batch: int) -> list[dict[str, Any]]:
     """Restore keys (key -> stamp) from src into dst. done: key -> its manifest row, restored earlier
     with this model, its output still there.
-    Reading and decoding the next image, and encoding and writing the last, run in threads beside the
-    network (which releases the GIL); torch's own threads do the compute."""
-    restorer, version = restorer_for(config.model, config.device, config.precision, config.tile)
+    The keys go in groups of about GROUP_BYTES of input (a larger image alone), restored together by
+    the engine (small images of one size share the network's passes). Reading and decoding the next
+    group, and encoding and writing the last, run in threads beside the network (which releases the
+    GIL); torch's own threads do the compute."""
     rows: list[dict[str, Any]] = []
     settings = json.dumps({"scratch": config.scratch, "colour": config.colour})
-    pending: tuple[dict[str, Any], Future] | None = None  # the output being written
+    groups = plan_batches({key: stamp_size(stamp) for key, stamp in keys.items()}, GROUP_BYTES, len(keys))
     with ThreadPoolExecutor(max_workers=2) as io_pool:
-        def load(key: str) -> Future:
-            return io_pool.submit(_load, src, dst, key, keys[key], None if config.force else done.get(key),
-                                  config.verify, config.max_pixels)
+        def load(group: list[str]) -> list[Future]:
+            return [io_pool.submit(_load, src, dst, key, keys[key], None if config.force else done.get(key),
+                                   config.verify, config.max_pixels) for key in group]
 
-        order = list(keys)
-        loads = [load(key) for key in order[:1]]
-        for i, key in enumerate(order):
-            if i + 1 < len(order):  # one image ahead: overlap without holding a whole batch in memory
-                loads.append(load(order[i + 1]))
-            started = time.perf_counter()
-            row = {"key": key, "size": None, "sha256": None, "stamp": keys[key], "status": "failed", "reason": None,
-                   "output_key": None, "model_name": config.model, "model_version": version,
-                   "restored_at": None, "settings": settings, "damaged": None}
-            try:
-                size, sha256, image = loads[i].result()
-                loads[i] = None  # free the decoded image once restored
-                row.update(size=size, sha256=sha256)
-                if image is None:  # the output of an earlier restoration stays: so do its particulars
-                    row.update(settings=done[key].get("settings"), damaged=done[key].get("damaged"),
-                               restored_at=restored_at(done[key]), status="skipped", output_key=key)
-                else:
-                    if isinstance(image, Exception):
+        loading = load(groups[0]) if groups else []  # decoding while the model loads, on a new worker
+        restorer, version = restorer_for(config.model, config.device, config.precision, config.tile)
+        writing: list[tuple[dict[str, Any], Future]] = []  # the last group's outputs
+        for g, group in enumerate(groups):
+            loaded, loading = loading, load(groups[g + 1]) if g + 1 < len(groups) else []
+            todo: list[tuple[dict[str, Any], ArchiveImage]] = []
+            for key, future in zip(group, loaded):
+                row = {"key": key, "size": None, "sha256": None, "stamp": keys[key], "status": "failed", "reason": None,
+                       "output_key": None, "model_name": config.model, "model_version": version,
+                       "restored_at": None, "settings": settings, "damaged": None, "seconds": 0.0}
+                rows.append(row)
+                with _failing_alone(row):
+                    size, sha256, image = future.result()
+                    row.update(size=size, sha256=sha256)
+                    if image is None:  # the output of an earlier restoration stays: so do its particulars
+                        row.update(settings=done[key].get("settings"), damaged=done[key].get("damaged"),
+                                   restored_at=restored_at(done[key]), status="skipped", output_key=key)
+                    elif isinstance(image, Exception):
                         raise image
-                    restored, mask, info = restorer.restore(image.pixels, config.scratch, config.colour)
-                    _settle(pending)
-                    pending = row, io_pool.submit(_write, dst, key, image, restored, mask)
-                    row.update(status="restored", output_key=key, damaged=info["damaged_fraction"])
-            except OSError as error:
-                if not isinstance(error, FileNotFoundError):
-                    raise  # storage trouble, not a bad input: the task's retries take it
-                row["reason"] = f"{type(error).__name__}: {error}"
-            except Exception as error:  # a bad input fails alone, with its reason; the batch goes on
-                row["reason"] = error.reason if isinstance(error, UnreadableImage) else f"{type(error).__name__}: {error}"
-            row["seconds"] = time.perf_counter() - started
-            rows.append(row)
-        _settle(pending)
+                    else:
+                        todo.append((row, image))
+            del loaded
+            restored = _restore_group(restorer, [image.pixels for _, image in todo], config)
+            _settle_all(writing)  # one group's outputs in memory at a time
+            writing = []
+            for (row, image), result in zip(todo, restored):
+                with _failing_alone(row):
+                    if isinstance(result, Exception):
+                        raise result
+                    pixels, mask, info = result
+                    writing.append((row, io_pool.submit(_write, dst, row["key"], image, pixels, mask)))
+                    row.update(status="restored", output_key=row["key"], damaged=info["damaged_fraction"],
+                               seconds=info["seconds"])
+            del todo, restored
+        _settle_all(writing)
     now = datetime.now(timezone.utc)
     for row in rows:
         row["finished_at"] = now
@@ -362,15 +407,49 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
     return rows
 
 
+GROUP_BYTES = 2**20  # input per group restored together: dozens of small images, or one scan
+
+
+def _restore_group(restorer, images: list[np.ndarray], config: RestoreConfig) -> list[tuple | Exception]:
+    """The engine's results for images restored together; where that fails, each image alone, so
+    that a bad one fails by itself."""
+    try:
+        return restorer.restore_many(images, config.scratch, config.colour)
+    except Exception:
+        if len(images) == 1:
+            raise
+    results: list[tuple | Exception] = []
+    for image in images:
+        try:
+            results.append(restorer.restore(image, config.scratch, config.colour))
+        except Exception as error:
+            results.append(error)
+    return results
+
+
+@contextlib.contextmanager
+def _failing_alone(row: dict[str, Any]):
+    """A bad input fails alone, with its reason in its row; storage trouble (an OSError other than a
+    missing file) is raised, for the task's retries."""
+    try:
+        yield
+    except OSError as error:
+        if not isinstance(error, FileNotFoundError):
+            raise
+        row["reason"] = f"{type(error).__name__}: {error}"
+    except Exception as error:
+        row["reason"] = error.reason if isinstance(error, UnreadableImage) else f"{type(error).__name__}: {error}"
+
+
 def restored_at(row: dict[str, Any]) -> datetime | None:
     """When a manifest row's output was made; rows written before the manifest recorded it: when
     their run finished, the latest it can have been made."""
     return row.get("restored_at") or row.get("finished_at")
 
 
-def _settle(pending: tuple[dict[str, Any], Future] | None) -> None:
-    if pending is not None:
-        row, future = pending
+def _settle_all(writing: list[tuple[dict[str, Any], Future]]) -> None:
+    """Wait for outputs being written; one that cannot be encoded fails its row alone."""
+    for row, future in writing:
         try:
             future.result()
         except OSError:

@@ -114,6 +114,32 @@ def test_any_image_that_decodes_restores(shape):
     assert restored.shape == image.shape and restored.dtype == np.uint8 and mask.shape == shape[:2]
 
 
+def test_images_of_one_size_are_restored_together_as_each_alone(picture):
+    """restore_many batches images of one shape and dtype, as many as fill a tile, and gives what
+    restore gives each one: pixels, mask, and whether its tiles ran the non-local branch."""
+    from oldphoto.models import load_restorer
+    from oldphoto.tasks.restore import DEFAULT_MODEL
+
+    restorer = Restorer(load_restorer(DEFAULT_MODEL), precision="fp32", tile=128, overlap=16)
+    crops = [picture[i * 20 : i * 20 + 48, i * 30 : i * 30 + 64].copy() for i in range(6)]
+    for crop in crops[1:3]:
+        crop[20:23, :] = 250  # scratches on two of them: the detector marks those, not the others
+    images = [*crops, picture[:30, :40, 0], picture[50:80, :40, 0], picture[:40, :40].astype(np.uint16) * 257,
+              np.dstack([picture[:48, :64], np.full((48, 64), 200, np.uint8)])]
+    batches = []
+    hook = restorer.network.encoder.register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
+    together = restorer.restore_many(images)
+    hook.remove()
+    # 48x64 RGB: 128*128 // (48*64) = 5 at a time, then 1; the two grays together; the 16-bit and the RGBA alone.
+    assert sorted(batches) == [1, 1, 1, 2, 5]
+    for image, (restored, mask, info), (alone, alone_mask, alone_info) in zip(images, together, map(restorer.restore, images)):
+        assert restored.shape == image.shape and restored.dtype == image.dtype
+        assert np.abs(restored.astype(int) - alone).max() <= 1 and np.array_equal(mask, alone_mask)
+        assert info["global_tiles"] == alone_info["global_tiles"] == int(mask.any())
+    assert [bool(m.any()) for _, m, _ in together[:6]] == [False, True, True, False, False, False]
+    assert restorer.restore_many([]) == []
+
+
 def test_bf16_agrees_with_fp32(contrasty, picture):
     image = picture[:96, :128].copy()
     image[40:43] = 255  # a scratch, so that the non-local branch runs too

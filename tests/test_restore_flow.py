@@ -358,6 +358,32 @@ def test_a_rerun_with_nothing_to_do_does_not_load_the_model_and_a_changed_model_
         run(str(src), str(dst), model=str(weights))
 
 
+def test_a_cli_rerun_with_nothing_to_do_runs_no_flow_and_imports_no_torch(tmp_path, model):
+    """The rerun's records are as a flow's would be (skips in the manifest, the report), without a
+    Prefect API to wait for, torch, or opening an input."""
+    src, dst = tmp_path / "scans", tmp_path / "restored"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(save(picture(40, 48, i), "PNG"))
+    first = run(str(src), str(dst), model=model)
+    report = dst / "_report" / "index.html"
+    report.unlink()
+    for image in src.iterdir():  # other bytes, the same size and time: an input opened would be restored again
+        stat, data = image.stat(), bytearray(image.read_bytes())
+        data[-20] ^= 0xFF
+        image.write_bytes(bytes(data))
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "oldphoto.cli", "restore", str(src), str(dst),
+                           "--model", model], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert (summary["restored"], summary["skipped"], summary["model_version"]) == (0, 3, first["model_version"])
+    assert "nothing to do, no flow run" in done.stderr
+    assert not any(line.split("|")[-1].strip() == "torch" for line in done.stderr.splitlines()), "torch was imported"
+    assert report.exists() and all(r["status"] == "skipped" for r in read_manifest(str(dst)).values())
+
+
 def test_a_run_clears_what_killed_writers_left(tmp_path, model):
     src, dst = tmp_path / "scans", tmp_path / "restored"
     (src / "box").mkdir(parents=True)

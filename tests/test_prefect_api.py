@@ -1,0 +1,40 @@
+"""The Prefect API of a command: the configured one, or a temporary one started at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+
+PROBE = """
+import json, httpx
+from oldphoto.prefect_api import PrefectAPI
+with PrefectAPI() as api:
+    started = api._server.pid if api._server else None
+    url = api.ready()
+    answer = httpx.get(url + "/health").json()
+with PrefectAPI() as unused:  # left before ready(): stopped unused
+    never = unused._server.pid if unused._server else None
+print(json.dumps([url, answer, started, never]))
+"""
+
+
+def probe(env: dict) -> list:
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_temporary_api_answers_when_ready_and_goes_with_the_block(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
+    url, answer, started, never = probe(env)
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/api") and answer is True
+    assert started and never and not psutil.pid_exists(started) and not psutil.pid_exists(never)
+
+
+def test_the_configured_api_is_used_and_nothing_is_started(tmp_path, prefect_api):
+    url, answer, started, never = probe(os.environ | {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path)})
+    assert (url, answer, started, never) == (prefect_api, True, None, None)
