@@ -27,15 +27,15 @@ def task_runner(workers: int | None = None, address: str | None = None,
     """workers: local worker processes (None: 2). One local worker is this process itself, no
     cluster: a cluster's start and stop cost seconds, and one worker gains nothing from it.
     preload: modules that local workers import as they start, before the flow's clock runs."""
-    from prefect_dask import DaskTaskRunner  # here: distributed takes a third of a second to load
-
     address = address or get_settings().dask_address
+    if not address and workers == 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner  # here: distributed takes over half a second to load
+
     if address:
         if workers:
             raise ValueError("give either a number of local workers or a Dask scheduler address, not both")
         return DaskTaskRunner(address=address)
-    if workers == 1:
-        return ThreadPoolTaskRunner(max_workers=1)
     dask.config.set(LOCAL_CLUSTER_CONFIG)  # local workers receive this process's Dask config
     # One single-threaded process per worker: the work is numpy/OpenCV/torch, not Python threads.
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1,
