@@ -74,8 +74,13 @@ def stamped_images(url: str) -> dict[str, str]:
     """The image keys under url (as list_images) with a stamp of each file's version, from the listing
     alone: its size and modification time, or its ETag where the store gives one (S3). A file whose
     stamp is unchanged has not been written since."""
+    return image_listing(url)[1]
+
+
+def image_listing(url: str) -> tuple[bool, dict[str, str]]:
+    """(whether url names a single file, stamped_images(url))."""
     with _unreachable_as_oserror(url):
-        return _stamped_images(url)
+        return _image_listing(url)
 
 
 def _stamp(info: dict) -> str:
@@ -86,20 +91,24 @@ def _stamp(info: dict) -> str:
     return f"{info.get('size')}:{mtime.timestamp() if hasattr(mtime, 'timestamp') else mtime}"
 
 
-def _stamped_images(url: str) -> dict[str, str]:
+def _image_listing(url: str) -> tuple[bool, dict[str, str]]:
     fs, root = filesystem(url)
-    if not fs.exists(root):
-        raise FileNotFoundError(f"{url}: no such file, folder or prefix")
-    if fs.isfile(root):
-        return {posixpath.basename(root): _stamp(fs.info(root))} if _is_image(root) else {}
     root = root.rstrip("/")
+    # One listing answers it all: a folder's files, or the file itself. Asking first whether the path
+    # exists and is a file costs a request each; on object storage, listings of their own.
+    found = fs.find(root, detail=True)
+    if root in found:  # a file
+        info = found[root] or fs.info(root)  # a local file's find names it without its details
+        return True, {posixpath.basename(root): _stamp(info)} if _is_image(root) else {}
+    if not found and not fs.exists(root):
+        raise FileNotFoundError(f"{url}: no such file, folder or prefix")
     stamps = {}
-    for path, info in fs.find(root, detail=True).items():
+    for path, info in found.items():
         key = posixpath.relpath(path, root)
         # Hidden files are not photos; a key that climbs out ("..") is kept, to be refused with its reason.
         if _is_image(key) and not any(part.startswith(".") and part != ".." for part in key.split("/")):
             stamps[key] = _stamp(info)
-    return stamps
+    return False, stamps
 
 
 def _is_image(key: str) -> bool:

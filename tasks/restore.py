@@ -228,10 +228,9 @@ def is_safe_key(key: str) -> bool:
 def list_inputs(src: str, dst: str) -> tuple[str, dict[str, str]]:
     """(root, key -> stamp) of the images to restore: SRC may be a folder, prefix or a single file.
     Outputs of an earlier run are left out when DST lies inside SRC."""
-    stamps = storage.stamped_images(src)
+    single_file, stamps = storage.image_listing(src)
     keys = sorted(stamps)
-    fs, path = storage.filesystem(src)
-    root = posixpath.dirname(src.rstrip("/")) if fs.isfile(path) else src
+    root = posixpath.dirname(src.rstrip("/")) if single_file else src
     if storage.absolute(root).rstrip("/") == storage.absolute(dst).rstrip("/"):
         raise ValueError(f"destination {dst} is the source folder: originals are never overwritten")
     inside = posixpath.relpath(storage.absolute(dst), storage.absolute(root)) if _same_store(root, dst) else ".."
@@ -330,12 +329,9 @@ def _same_store(a: str, b: str) -> bool:
 
 def read_manifest(dst: str) -> dict[str, dict[str, Any]]:
     """The latest manifest row of every key: manifest.parquet and any parts a killed run left."""
-    folder = storage.join(dst, MANIFEST_DIR)
-    if not storage.exists(folder):
-        return {}
-    fs, path = storage.filesystem(folder)
+    fs, path = storage.filesystem(storage.join(dst, MANIFEST_DIR))
     latest: dict[str, dict[str, Any]] = {}
-    for file in sorted(fs.glob(posixpath.join(path, "*.parquet"))):
+    for file in sorted(fs.glob(posixpath.join(path, "*.parquet"))):  # none where there is no folder
         try:
             rows = pq.read_table(io.BytesIO(fs.cat_file(file))).to_pylist()
         except Exception:
