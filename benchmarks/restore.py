@@ -10,7 +10,7 @@
 - small: 2000 files of 64x64 through `oldphoto restore`, and the rerun that skips them all.
 - plan: planning a run over 100,000 keys on moto's S3 server (listing, manifest diff, batches).
 
-    .venv/bin/python benchmarks/restore.py [--model REF] [--compare REF] [--part all|engine|paper|bulk|startup|small|plan]
+    .venv/bin/python benchmarks/restore.py [--model REF] [--compare REF] [--part all|engine|batch|paper|bulk|startup|small|plan]
                                            [--bulk-images N] [--bulk-workers W]
 """
 
@@ -96,6 +96,28 @@ def engine(model: str, precisions: list[str], compare: str | None = None) -> Non
             if compare and precision == "fp32":
                 c = measure(compare, h, w, precision, "compare")
                 print(f"{'':>10} {'ratio':>9} {r['megapixels_per_s'] / c['megapixels_per_s']:>16.2f}x", flush=True)
+
+
+def batched(model: str, count: int = 64) -> None:
+    """The engine on count small photos of one size: one by one, then together (restore_many)."""
+    from oldphoto.model.engine import Restorer
+    from oldphoto.models import load_restorer
+
+    restorer = Restorer(load_restorer(model))
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(count)]
+    restorer.restore_many(photos)  # oneDNN prepares each shape on its first call
+    for photo in photos[:8]:
+        restorer.restore(photo)
+    started = time.perf_counter()
+    alone = [restorer.restore(photo)[0] for photo in photos]
+    one_by_one = (time.perf_counter() - started) / count
+    started = time.perf_counter()
+    together = [r[0] for r in restorer.restore_many(photos)]
+    batch = (time.perf_counter() - started) / count
+    differ = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(alone, together))
+    print(f"\n{count} photos of 64x64 ({restorer.dtype}): one by one {1e3 * one_by_one:.1f} ms each, together "
+          f"{1e3 * batch:.1f} ms each ({one_by_one / batch:.1f}x); largest difference {differ} levels")
 
 
 def _fast_bf16() -> bool:
@@ -352,7 +374,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--compare", help="engine: another model measured beside it in fp32, with the speed ratio")
-    parser.add_argument("--part", choices=["all", "engine", "paper", "bulk", "startup", "small", "plan"], default="all")
+    parser.add_argument("--part", choices=["all", "engine", "batch", "paper", "bulk", "startup", "small", "plan"], default="all")
     parser.add_argument("--bulk-images", type=int, default=64)
     parser.add_argument("--bulk-workers", type=int, default=1, help="as `oldphoto restore --workers`")
     parser.add_argument("--measure", nargs=3, metavar=("H", "W", "PRECISION"), help=argparse.SUPPRESS)
@@ -368,6 +390,8 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs; torch threads {__import__('torch').get_num_threads()}")
     if args.part in ("all", "engine"):
         engine(args.model, ["fp32", "bf16"], args.compare)
+    if args.part in ("all", "batch"):
+        batched(args.model)
     if args.part in ("all", "paper"):
         paper()
     if args.part in ("all", "bulk"):
