@@ -39,16 +39,18 @@ def _settings_from(args: argparse.Namespace, **overrides):
 
 
 def synth(args: argparse.Namespace) -> int:
-    from .prefect_api import prefect_api
-    from .storage import absolute
-    from .flows.runner import task_runner
-    from .flows.synth import synthesize
-    from .tasks.synth import SynthConfig
+    from .prefect_api import PrefectAPI
 
-    settings = _settings_from(args)
-    config = SynthConfig(**option_values(args, SynthConfig))
-    runner = task_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.synth",))
-    with prefect_api():
+    with PrefectAPI() as api:  # a temporary one starts now, beside the command's own start-up
+        from .flows.runner import task_runner
+        from .flows.synth import synthesize
+        from .storage import absolute
+        from .tasks.synth import SynthConfig
+
+        settings = _settings_from(args)
+        config = SynthConfig(**option_values(args, SynthConfig))
+        runner = task_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.synth",))
+        api.ready()
         summary = synthesize.with_options(task_runner=runner)(absolute(args.src), absolute(args.dst), config)
     print(json.dumps(summary, indent=2))
     return 0
@@ -93,16 +95,18 @@ def restore(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .flows.evaluate import evaluate as evaluate_flow
-    from .flows.runner import task_runner
-    from .prefect_api import prefect_api
-    from .storage import absolute
-    from .tasks.evaluate import EvaluateConfig
+    from .prefect_api import PrefectAPI
 
-    clean = None if args.pairs else (args.clean or str(SAMPLES))
-    workers, settings, config = _model_workers(args, EvaluateConfig)
-    runner = task_runner(workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
-    with prefect_api():
+    with PrefectAPI() as api:
+        from .flows.evaluate import evaluate as evaluate_flow
+        from .flows.runner import task_runner
+        from .storage import absolute
+        from .tasks.evaluate import EvaluateConfig
+
+        clean = None if args.pairs else (args.clean or str(SAMPLES))
+        workers, settings, config = _model_workers(args, EvaluateConfig)
+        runner = task_runner(workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
+        api.ready()
         result = evaluate_flow.with_options(task_runner=runner)(
             absolute(args.pairs) if args.pairs else None, absolute(clean) if clean else None, config,
             absolute(args.out) if args.out else None, absolute(args.real) if args.real else None)
@@ -141,12 +145,14 @@ def _stages(text: str) -> list[str]:
 
 
 def train(args: argparse.Namespace) -> int:
-    from .flows.train import train as train_flow
-    from .prefect_api import prefect_api
-    from .storage import absolute
+    from .prefect_api import PrefectAPI
 
-    _settings_from(args)
-    with prefect_api():
+    with PrefectAPI() as api:
+        from .flows.train import train as train_flow
+        from .storage import absolute
+
+        _settings_from(args)
+        api.ready()
         result = train_flow(absolute(args.pairs), absolute(args.real) if args.real else None, _model_config(args),
                             _stages(args.stages), absolute(args.checkpoints) if args.checkpoints else None, args.model_name,
                             init=args.init)
@@ -186,15 +192,17 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def retrain(args: argparse.Namespace) -> int:
-    from .flows.retrain import retrain as retrain_round
-    from .flows.runner import task_runner
-    from .prefect_api import prefect_api
-    from .tasks.retrain import RetrainConfig
+    from .prefect_api import PrefectAPI
 
-    settings = _settings_from(args)
-    config = RetrainConfig(**option_values(args, RetrainConfig))
-    runner = task_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
-    with prefect_api():
+    with PrefectAPI() as api:
+        from .flows.retrain import retrain as retrain_round
+        from .flows.runner import task_runner
+        from .tasks.retrain import RetrainConfig
+
+        settings = _settings_from(args)
+        config = RetrainConfig(**option_values(args, RetrainConfig))
+        runner = task_runner(args.workers, settings.dask_address, preload=("oldphoto.tasks.evaluate", "oldphoto.model.engine"))
+        api.ready()
         summary = retrain_round.with_options(task_runner=runner)(config)
     print(json.dumps(summary, indent=2, default=str))
     return 0
