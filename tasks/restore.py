@@ -259,6 +259,9 @@ def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dic
     key -> stamp of every input, the rows of those restored earlier with this model whose output is
     still there (done), those of them known unchanged by their stamp (skipped, unless force or
     verify), and the batches of the rest."""
+    made, plan = _planned.pop(_plan_key(src, dst, config, version), (0.0, None))
+    if plan is not None and time.monotonic() - made < KEPT_PLAN_SECONDS:
+        return plan
     # The three reads are independent; on object storage each is pages of requests: run them at once.
     with ThreadPoolExecutor(max_workers=3) as pool:
         inputs, manifest, outputs = (pool.submit(list_inputs, src, dst), pool.submit(read_manifest, dst),
@@ -275,7 +278,8 @@ def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dic
             "skipped": skipped, "batches": batches, "settings": [{}] * len(batches)}
 
 
-_planned: dict[str, dict[str, Any]] = {}  # plans made before the flow started (keep_plan), taken once
+_planned: dict[str, tuple[float, dict[str, Any]]] = {}  # plans made before the flow started (keep_plan), taken once
+KEPT_PLAN_SECONDS = 120  # an older one is made again: the archive may have changed since
 
 
 def _plan_key(src: str, dst: str, config: RestoreConfig, version: str) -> str:
@@ -285,7 +289,7 @@ def _plan_key(src: str, dst: str, config: RestoreConfig, version: str) -> str:
 def keep_plan(plan: dict[str, Any], src: str, dst: str, config: RestoreConfig, version: str) -> None:
     """Hand a plan made in this process to the flow that follows, whose plan_restore then takes it
     instead of listing again (minutes, for a large bucket)."""
-    _planned[_plan_key(src, dst, config, version)] = plan
+    _planned[_plan_key(src, dst, config, version)] = time.monotonic(), plan
 
 
 def _plan_redo(root: str, dst: str, stamps: dict[str, str], manifest: dict[str, dict[str, Any]],

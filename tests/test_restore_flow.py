@@ -384,6 +384,26 @@ def test_a_cli_rerun_with_nothing_to_do_runs_no_flow_and_imports_no_torch(tmp_pa
     assert report.exists() and all(r["status"] == "skipped" for r in read_manifest(str(dst)).values())
 
 
+def test_the_plan_made_before_the_flow_is_taken_once_and_only_while_fresh(tmp_path, model, monkeypatch):
+    """up_to_date's plan (work to do) is the flow's: no second listing; taken once, and not when old."""
+    from oldphoto.flows.restore import up_to_date
+    from oldphoto.tasks import restore as tasks
+
+    src, dst = tmp_path / "scans", str(tmp_path / "restored")
+    src.mkdir()
+    (src / "a.png").write_bytes(save(picture(40, 48), "PNG"))
+    config = RestoreConfig(model=model)
+    version = tasks.check_model.fn(model)  # recorded: up_to_date knows it without loading
+    assert up_to_date(str(src), dst, config) is None
+    (src / "b.png").write_bytes(save(picture(40, 48, 1), "PNG"))  # after the plan was made
+    assert set(tasks.plan_restore.fn(str(src), dst, config, version)["stamps"]) == {"a.png"}, "the kept plan"
+    assert set(tasks.plan_restore.fn(str(src), dst, config, version)["stamps"]) == {"a.png", "b.png"}, "listed anew"
+    assert up_to_date(str(src), dst, config) is None
+    (src / "c.png").write_bytes(save(picture(40, 48, 2), "PNG"))
+    monkeypatch.setattr(tasks, "KEPT_PLAN_SECONDS", 0)  # the kept plan is now too old: listed anew
+    assert set(tasks.plan_restore.fn(str(src), dst, config, version)["stamps"]) == {"a.png", "b.png", "c.png"}
+
+
 def test_a_run_clears_what_killed_writers_left(tmp_path, model):
     src, dst = tmp_path / "scans", tmp_path / "restored"
     (src / "box").mkdir(parents=True)
