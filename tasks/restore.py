@@ -411,13 +411,13 @@ GROUP_BYTES = 2**20  # input per group restored together: dozens of small images
 
 
 def _restore_group(restorer, images: list[np.ndarray], config: RestoreConfig) -> list[tuple | Exception]:
-    """The engine's results for images restored together; where that fails, each image alone, so
-    that a bad one fails by itself."""
+    """The engine's results for images restored together, or the error of each that cannot be:
+    where the batch fails, each image is restored alone, so that a bad one fails by itself."""
     try:
         return restorer.restore_many(images, config.scratch, config.colour)
-    except Exception:
+    except Exception as error:
         if len(images) == 1:
-            raise
+            return [error]
     results: list[tuple | Exception] = []
     for image in images:
         try:

@@ -140,6 +140,19 @@ def test_images_of_one_size_are_restored_together_as_each_alone(picture):
     assert restorer.restore_many([]) == []
 
 
+def test_a_photo_the_engine_refuses_fails_alone_in_its_group(network, picture):
+    """restore_batch's groups: one bad image fails by itself, the others are restored as alone."""
+    from oldphoto.tasks.restore import RestoreConfig, _restore_group
+
+    restorer = Restorer(network, tile=64, overlap=16)
+    good = [picture[:40, :48].copy(), picture[40:80, :48].copy()]
+    results = _restore_group(restorer, [good[0], picture[:40, :48].astype(np.float32), good[1]], RestoreConfig())
+    assert isinstance(results[1], ValueError) and "uint8" in str(results[1])
+    for image, result in zip(good, results[::2]):
+        assert np.array_equal(result[0], restorer.restore(image)[0])
+    assert isinstance(_restore_group(restorer, [picture.astype(np.float32)], RestoreConfig())[0], ValueError)
+
+
 def test_bf16_agrees_with_fp32(contrasty, picture):
     image = picture[:96, :128].copy()
     image[40:43] = 255  # a scratch, so that the non-local branch runs too
