@@ -158,7 +158,9 @@ def paper(repeats: int = 2) -> None:
               f"({times['plain'] / times['ours']:.2f}x); the reference implementation: 17.6 s at 512 (REFERENCE section 2)")
 
 
-def bulk(model: str, count: int, workers: int) -> None:
+def bulk(model: str, count: int, workers: int, store: str = "s3") -> None:
+    """restore_archive against the engine alone on the same scans: over moto's S3 server (in this
+    process, on the same cores), or from and to local folders."""
     import boto3
     import dask
     from distributed import LocalCluster
@@ -176,24 +178,31 @@ def bulk(model: str, count: int, workers: int) -> None:
         restorer.restore(decode_archive(data, key).pixels)
     engine_rate = count / (time.perf_counter() - started)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    endpoint = f"http://127.0.0.1:{server._server.server_port}"
-    os.environ.update({"OLDPHOTO_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket="archive")
-    for key, data in images.items():
-        s3.put_object(Bucket="archive", Key=f"scans/{key}", Body=data)
-    with tempfile.TemporaryDirectory() as home:
-        os.environ.setdefault("PREFECT_HOME", home)
+    with tempfile.TemporaryDirectory() as work:
+        server = None
+        if store == "s3":
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+            server.start()
+            endpoint = f"http://127.0.0.1:{server._server.server_port}"
+            os.environ.update({"OLDPHOTO_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+            s3 = boto3.client("s3", endpoint_url=endpoint)
+            s3.create_bucket(Bucket="archive")
+            for key, data in images.items():
+                s3.put_object(Bucket="archive", Key=f"scans/{key}", Body=data)
+            src, dst = "s3://archive/scans", "s3://archive/restored"
+        else:
+            for key, data in images.items():
+                Path(work, "scans", key).parent.mkdir(parents=True, exist_ok=True)
+                Path(work, "scans", key).write_bytes(data)
+            src, dst = str(Path(work, "scans")), str(Path(work, "restored"))
+        os.environ.setdefault("PREFECT_HOME", str(Path(work, "prefect")))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         from oldphoto.flows.restore import restore_archive
         from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG, task_runner
         from oldphoto.prefect_api import prefect_api
-        from oldphoto.tasks.restore import RestoreConfig
-
         from oldphoto.settings import configure
+        from oldphoto.tasks.restore import RestoreConfig
 
         configure(torch_threads=max(1, os.cpu_count() // workers))  # as `oldphoto restore --workers` does
         # A cluster started beforehand, as an archive team's would be: worker start-up (seconds, once
@@ -202,10 +211,12 @@ def bulk(model: str, count: int, workers: int) -> None:
         with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
                           preload=["oldphoto.tasks.restore", "oldphoto.model.engine"]) as cluster, prefect_api():
             summary = restore_archive.with_options(task_runner=task_runner(address=cluster.scheduler_address))(
-                "s3://archive/scans", "s3://archive/restored", RestoreConfig(model=model))
-    server.stop()
+                src, dst, RestoreConfig(model=model))
+        if server is not None:
+            server.stop()
     flow_rate = summary["restored"] / summary["seconds"]
-    print(f"\nbulk: {count} JPEG scans of 1024x768 with scratches, moto S3 -> moto S3, {workers} Dask worker(s) started beforehand")
+    where = "moto S3 -> moto S3" if store == "s3" else "local folder -> local folder"
+    print(f"\nbulk: {count} JPEG scans of 1024x768 with scratches, {where}, {workers} Dask worker(s) started beforehand")
     print(f"engine alone (decode + restore in one process): {engine_rate:.3f} images/s")
     print(f"restore_archive flow: {flow_rate:.3f} images/s ({summary['restored']} restored in {summary['seconds']} s)"
           f" = {100 * flow_rate / engine_rate:.0f}% of the engine alone")
@@ -377,6 +388,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "engine", "batch", "paper", "bulk", "startup", "small", "plan"], default="all")
     parser.add_argument("--bulk-images", type=int, default=64)
     parser.add_argument("--bulk-workers", type=int, default=1, help="as `oldphoto restore --workers`")
+    parser.add_argument("--bulk-store", choices=["s3", "local"], default="s3", help="bulk: moto's S3 server or local folders")
     parser.add_argument("--measure", nargs=3, metavar=("H", "W", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--plan", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -395,7 +407,7 @@ def main() -> None:
     if args.part in ("all", "paper"):
         paper()
     if args.part in ("all", "bulk"):
-        bulk(args.model, args.bulk_images, args.bulk_workers)
+        bulk(args.model, args.bulk_images, args.bulk_workers, args.bulk_store)
     if args.part in ("all", "startup"):
         startup(args.model)
     if args.part in ("all", "small"):
