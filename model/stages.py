@@ -25,7 +25,7 @@ class Stage:
     needs: tuple[str, ...] = ("pairs",)  # batches: "pairs" (synthetic), "real" (real old photographs)
     # vaes: VAE_A and VAE_B of the same folder, frozen; restorer: the restore path of the stages before
     # it (init standing in for those missing), frozen, without tone; init: the init restorer when
-    # given (a detector to fine-tune); teacher: the init restorer, which must be given.
+    # given (a detector or an encoder to fine-tune); teacher: the init restorer, which must be given.
     starts_from: Literal["vaes", "restorer", "init", "teacher"] | None = None
     optional: bool = False  # a folder may lack it (trained before the stage existed): the restorer goes without
     default: bool = True  # trained by `oldphoto train` when no stages are named
@@ -39,8 +39,9 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("vae_a", "VAEATrainer", {"encoder": ("vae", "encoder.")}, needs=("pairs", "real"),
-          doc="VAE of old photographs, with the latent GAN that aligns real and synthetic ones"),
+    Stage("vae_a", "VAEATrainer", {"encoder": ("vae", "encoder.")}, needs=("pairs", "real"), starts_from="init",
+          doc="VAE of old photographs, with the latent GAN that aligns real and synthetic ones (its encoder "
+              "starts from the init's E_RX when one of its shape is given)"),
     Stage("vae_b", "VAETrainer", {"decoder": ("vae", "decoder.")}, doc="VAE of clean photographs"),
     Stage("mapping", "MappingTrainer", {"mapping": ("mapping", "")}, starts_from="vaes",
           doc="latent translation with the partial non-local block, both VAEs frozen"),

@@ -215,6 +215,11 @@ class VAEATrainer(VAETrainer):
 
     def build(self) -> dict[str, nn.Module]:
         modules = super().build()
+        # Fine-tune the init restorer's E_RX when it has this VAE's shape: the latents its mapping and
+        # decoder were trained on move only as far as aligning the real photographs takes them.
+        start = self.frozen.get("restorer")
+        if start is not None and start.config.vae == self.config.vae:
+            modules["vae"].encoder.load_state_dict(start.encoder.state_dict())
         modules["latent_discriminator"] = LatentDiscriminator(self.config.vae.latent_channels, 4 * self.config.discriminator.channels)
         return modules
 

@@ -69,6 +69,19 @@ def test_each_part_of_a_restorer_comes_from_the_last_stage_that_yields_it():
     assert sources(triplet | {"direct"}) == sources(triplet)
 
 
+def test_vae_a_fine_tunes_the_init_encoder_of_its_shape_and_starts_afresh_beside_another():
+    torch.manual_seed(0)
+    init = RestorerNetwork(TINY)
+    trainer = STAGES["vae_a"].trainer_class()(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": init})
+    started = trainer.trained["vae"].encoder.state_dict()
+    assert all(torch.equal(started[k], v) for k, v in init.encoder.state_dict().items())
+    wider = TINY.model_copy(update={"vae": TINY.vae.model_copy(update={"channels": 2 * TINY.vae.channels})})
+    other = STAGES["vae_a"].trainer_class()(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": RestorerNetwork(wider)})
+    fresh = STAGES["vae_a"].trainer_class()(TINY, torch.device("cpu"), torch.float32)
+    assert not torch.equal(other.trained["vae"].encoder.state_dict()[next(iter(started))], started[next(iter(started))])
+    assert {k: v.shape for k, v in fresh.trained["vae"].encoder.state_dict().items()} == {k: v.shape for k, v in started.items()}
+
+
 @pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "distill", "direct"])
 def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     frozen = ({"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else
