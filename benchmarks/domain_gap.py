@@ -90,13 +90,19 @@ def main() -> None:
     args = parser.parse_args()
     synthetic, real = crops(args.pairs, args.real, args.count)
     print(f"{len(synthetic)} synthetic and {len(real)} real crops of {CROP}x{CROP}")
+    first = None
     for reference in args.encoders:
         net = encoder(reference)
         x, r = features(net, synthetic), features(net, real)
         spread = np.sqrt((x.var(0).mean() + r.var(0).mean()) / 2)
         gap = np.linalg.norm(x.mean(0) - r.mean(0)) / spread
+        # How far its latents moved from the first encoder's, on the same synthetic crops (a fine-tuned
+        # encoder's mapping and decoder were trained on the first's).
+        drift = "" if first is None or first.shape != x.shape else \
+            f"; its latents {np.linalg.norm(x - first) / np.linalg.norm(first):.2f} of their size from the first encoder's"
+        first = x if first is None else first
         print(f"{reference}: R told from X with accuracy {separability(x, r):.3f}; centroids "
-              f"{gap:.2f} spreads apart")
+              f"{gap:.2f} spreads apart{drift}")
 
 
 if __name__ == "__main__":
