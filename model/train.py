@@ -216,10 +216,13 @@ class VAEATrainer(VAETrainer):
     def build(self) -> dict[str, nn.Module]:
         modules = super().build()
         # Fine-tune the init restorer's E_RX when it has this VAE's shape: the latents its mapping and
-        # decoder were trained on move only as far as aligning the real photographs takes them.
+        # decoder were trained on move only as far as aligning the real photographs takes them. The
+        # decoder starts as its G_Y, which already turns such latents into photographs: a random one
+        # would pull the encoder's latents far before it learned anything.
         start = self.frozen.get("restorer")
         if start is not None and start.config.vae == self.config.vae:
             modules["vae"].encoder.load_state_dict(start.encoder.state_dict())
+            modules["vae"].decoder.load_state_dict(start.decoder.state_dict())
         modules["latent_discriminator"] = LatentDiscriminator(self.config.vae.latent_channels, 4 * self.config.discriminator.channels)
         return modules
 

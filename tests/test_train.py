@@ -69,12 +69,14 @@ def test_each_part_of_a_restorer_comes_from_the_last_stage_that_yields_it():
     assert sources(triplet | {"direct"}) == sources(triplet)
 
 
-def test_vae_a_fine_tunes_the_init_encoder_of_its_shape_and_starts_afresh_beside_another():
+def test_vae_a_fine_tunes_the_init_path_of_its_shape_and_starts_afresh_beside_another():
     torch.manual_seed(0)
     init = RestorerNetwork(TINY)
     trainer = STAGES["vae_a"].trainer_class()(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": init})
     started = trainer.trained["vae"].encoder.state_dict()
     assert all(torch.equal(started[k], v) for k, v in init.encoder.state_dict().items())
+    decoder = trainer.trained["vae"].decoder.state_dict()  # G_Y, a decoder that knows these latents
+    assert all(torch.equal(decoder[k], v) for k, v in init.decoder.state_dict().items())
     wider = TINY.model_copy(update={"vae": TINY.vae.model_copy(update={"channels": 2 * TINY.vae.channels})})
     other = STAGES["vae_a"].trainer_class()(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": RestorerNetwork(wider)})
     fresh = STAGES["vae_a"].trainer_class()(TINY, torch.device("cpu"), torch.float32)
