@@ -142,13 +142,14 @@ class Restorer:
             out = self._keep_colours(out, rgb[:, :h, :w], scale)
         out = out.permute(0, 2, 3, 1).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(images[0].dtype)
         seconds = (time.perf_counter() - started) / len(images)  # each image's share
+        tiles = len(self._tiles(*rgb.shape[1:3]))
         results = []
         for b, (_, alpha) in enumerate(split):
             restored = out[b, ..., 0] if gray else out[b]
             if alpha is not None:
                 restored = np.concatenate([restored.reshape(h, w, -1), alpha[..., None]], axis=2)
             mask_out = mask[b, 0, :h, :w].numpy()
-            info = {"height": h, "width": w, "tiles": len(self._tiles(*rgb.shape[1:3])), "global_tiles": int(global_tiles[b]),
+            info = {"height": h, "width": w, "tiles": tiles, "global_tiles": int(global_tiles[b]),
                     "damaged_fraction": float(mask_out.mean()), "precision": str(self.dtype).removeprefix("torch."),
                     "device": str(self.device), "seconds": seconds}
             results.append((restored, mask_out, info))

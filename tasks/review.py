@@ -79,7 +79,7 @@ def decision_files(dst: str) -> set[str]:
     """The files (parts and folded) that hold decisions, as the store lists them."""
     fs, path = storage.filesystem(storage.join(dst, DECISIONS_DIR))
     fs.invalidate_cache(path)
-    return set(fs.glob(posixpath.join(path, "*.parquet"))) if fs.exists(path) else set()
+    return set(fs.glob(posixpath.join(path, "*.parquet")))  # none where there is no folder
 
 
 def read_decision_files(dst: str, files: set[str], strict: bool = False) -> list[dict[str, Any]]:
