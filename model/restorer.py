@@ -56,6 +56,22 @@ class DetailPath(nn.Module):
         # clamp, not a sigmoid: a print left alone keeps exactly its pixels, and zero keeps none.
         return (restored + keep.clamp(0, 1) * (image - restored) + correction).clamp(-1, 1)
 
+    @torch.no_grad()
+    def widened(self, channels: int) -> "DetailPath":
+        """A wider detail path that computes exactly what this one does, to train on from there: each
+        layer holds this one's weights in its first channels; the new channels' inputs start at random,
+        so that they learn, and what they feed into the old channels at zero."""
+        if channels < self.inlet.out_channels:
+            raise ValueError(f"a detail path can only be widened: {channels} < {self.inlet.out_channels} channels")
+        wide = DetailPath(channels)
+        for old, new in zip(self.modules(), wide.modules()):
+            if isinstance(old, nn.Conv2d):
+                out, into = old.weight.shape[:2]
+                new.weight[:out] = 0
+                new.weight[:out, :into] = old.weight
+                new.bias[:out] = old.bias
+        return wide
+
 
 def upsampled(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)

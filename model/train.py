@@ -303,6 +303,18 @@ class DirectTrainer(StageTrainer):
         return [batch["degraded"], self.trained["network"](batch["degraded"], batch["mask"]), batch["clean"]]
 
 
+def detail_to_train(detail: DetailPath | None, width: int) -> DetailPath:
+    """The detail path a stage trains: a copy of the restorer's, widened where the config asks for
+    more channels (it starts as the restorer's, so training goes on from what it learned), or a new
+    one, which starts as the identity, where the restorer has none."""
+    if detail is None:
+        return DetailPath(width)
+    if width < detail.inlet.out_channels:
+        raise ValueError(f"the restorer's detail path has {detail.inlet.out_channels} channels, more than this "
+                         f"training's config (detail: {width}); it can only be widened")
+    return detail.widened(width) if width > detail.inlet.out_channels else copy.deepcopy(detail)
+
+
 class RefinedPath(nn.Module):
     """The part of the restore path that refine trains: the latent mapping, G_Y, and the detail path
     where the restorer has one (or the config asks for one)."""
@@ -327,11 +339,7 @@ class RefineTrainer(StageTrainer):
 
     def build(self) -> dict[str, nn.Module]:
         path = self.frozen["restorer"]
-        # A restorer without a detail path gets a new one (it starts as the identity) when the config asks.
-        detail = (copy.deepcopy(path.detail) if path.detail is not None else
-                  DetailPath(self.config.detail) if self.config.detail else None)
-        if (detail.inlet.out_channels if detail is not None else 0) != self.config.detail:
-            raise ValueError("the restorer's detail path has another width than this training's config (detail)")
+        detail = detail_to_train(path.detail, self.config.detail) if path.detail is not None or self.config.detail else None
         return {"network": RefinedPath(copy.deepcopy(path.mapping), copy.deepcopy(path.decoder), detail).requires_grad_(True)}
 
     def _restore(self, batch: Batch, network: nn.Module) -> torch.Tensor:
@@ -362,15 +370,9 @@ class DetailTrainer(StageTrainer):
 
     def build(self) -> dict[str, nn.Module]:
         path = self.frozen["restorer"]
-        if path.detail is not None:
-            detail = copy.deepcopy(path.detail)
-        elif self.config.detail:
-            detail = DetailPath(self.config.detail)
-        else:
+        if not self.config.detail:
             raise ValueError("the detail stage needs the config's detail (the detail path's width) above 0")
-        if detail.inlet.out_channels != (self.config.detail or detail.inlet.out_channels):
-            raise ValueError("the restorer's detail path has another width than this training's config (detail)")
-        return {"detail": detail.requires_grad_(True)}
+        return {"detail": detail_to_train(path.detail, self.config.detail).requires_grad_(True)}
 
     def _decoded(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The detector's mask and the restore path's output before the detail path."""

@@ -196,7 +196,7 @@ def test_refine_adds_a_detail_path_to_a_restorer_without_one_and_trains_it(pairs
     restorer = assemble_restorer({"refine"}, states.__getitem__, init=path)
     assert restorer.config.detail == 8 and restorer.detail is not None
     assert all(torch.equal(restorer.state_dict()[f"detail.{k}"], v) for k, v in trainer.trained["network"].detail.state_dict().items())
-    with pytest.raises(ValueError, match="another width"):
+    with pytest.raises(ValueError, match="can only be widened"):
         RefineTrainer(TINY.model_copy(update={"detail": 4}), torch.device("cpu"), torch.float32, frozen={"restorer": restorer})
 
 
@@ -220,6 +220,30 @@ def test_the_detail_stage_learns_to_return_an_undamaged_photo_as_it_was(pairs):
     assert all(torch.equal(path.state_dict()[k], v) for k, v in before.items())
     with pytest.raises(ValueError, match="detail"):
         DetailTrainer(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+
+
+def test_a_wider_detail_stage_goes_on_from_the_restorers_narrower_detail_path(pairs):
+    """Widened, the detail path first restores exactly as the restorer's did; training then uses its
+    new channels. It may not be narrowed."""
+    torch.manual_seed(0)
+    path = RestorerNetwork(TINY.model_copy(update={"detail": 4})).eval()
+    for layer in path.detail.modules():  # a trained path: nothing at zero
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.weight, std=0.2)
+    config = TINY.model_copy(update={"detail": 8}, deep=True)
+    config.train.lr, config.train.steps = 3e-3, 20
+    trainer = DetailTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+    wide = trainer.trained["detail"]
+    assert wide.inlet.out_channels == 8 and wide.outlet.weight[:, 4:].abs().max() == 0
+    batch = pair_batch(_streams(pairs), 4, 32)
+    with torch.no_grad():
+        mask, decoded = trainer._decoded(batch)
+        assert torch.allclose(wide(batch["degraded"], decoded, mask), path.detail(batch["degraded"], decoded, mask), atol=1e-6)
+    for _ in range(20):
+        trainer.step(batch)
+    assert wide.outlet.weight[:, 4:].abs().max() > 0  # the new channels reach the output
+    with pytest.raises(ValueError, match="can only be widened"):
+        DetailTrainer(TINY.model_copy(update={"detail": 2}), torch.device("cpu"), torch.float32, frozen={"restorer": path})
 
 
 def test_pairs_seen_at_other_scales_keep_damage_and_photo_aligned():
