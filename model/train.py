@@ -463,10 +463,14 @@ class DistillTrainer(StageTrainer):
 
 class ToneTrainer(StageTrainer):
     """tone: the restore path frozen; the tone correction of its output (from thumbnails of the
-    degraded photo and the output) should bring the output to the clean photo, in mean squared error."""
+    degraded photo and the output) should bring the output to the clean photo, in mean squared error.
+    It goes on from the restorer's tone correction where that has a light field (a restore path
+    changed under it needs a fine-tune, not a new start), else it starts as the identity."""
 
     def build(self) -> dict[str, nn.Module]:
-        return {"tone": ToneCorrection()}
+        tone = self.frozen["restorer"].tone
+        return {"tone": copy.deepcopy(tone).requires_grad_(True) if tone is not None and tone.field is not None
+                else ToneCorrection()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         tone = state["modules"]["tone"]

@@ -79,7 +79,8 @@ def _starting_point(stage: str, checkpoints: str, init: str | None) -> dict[str,
     """The frozen networks a stage starts from, as its declaration says (model/stages.py)."""
     match STAGES[stage].starts_from:
         case "restorer":
-            return {"restorer": build_restorer(checkpoints, tone=False, init=init)}
+            # The restorer's tone correction comes along only for the tone stage, which goes on from it.
+            return {"restorer": build_restorer(checkpoints, tone=stage == "tone", init=init)}
         case "init":
             return {"restorer": load_restorer(init)} if init else {}
         case "teacher":

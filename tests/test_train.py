@@ -131,6 +131,21 @@ def test_a_tone_checkpoint_from_before_the_light_field_resumes_with_it(pairs):
     assert np.isfinite(resumed.step(batch)["total"]) and resumed.step_count == 3
 
 
+def test_the_tone_stage_goes_on_from_the_restorers_tone_correction(pairs):
+    """A restorer with a light field hands its tone correction on; one without starts at the identity."""
+    torch.manual_seed(0)
+    restorer = RestorerNetwork(TINY).with_tone()
+    for p in restorer.tone.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    trainer = ToneTrainer(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": restorer})
+    assert all(torch.equal(trainer.trained["tone"].state_dict()[k], v) for k, v in restorer.tone.state_dict().items())
+    trainer.step(pair_batch(_streams(pairs), 2, 32))
+    assert not torch.equal(trainer.trained["tone"].head[-1].weight, restorer.tone.head[-1].weight)  # a copy is trained
+    for frozen in (RestorerNetwork(TINY), RestorerNetwork(TINY).with_tone(spatial=False)):
+        fresh = ToneTrainer(TINY, torch.device("cpu"), torch.float32, frozen={"restorer": frozen}).trained["tone"]
+        assert fresh.field is not None and not fresh.head[-1].weight.any()
+
+
 def test_mapping_overfits_a_fixed_batch(pairs):
     torch.manual_seed(0)
     config = TINY.model_copy(deep=True)
