@@ -52,9 +52,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("refine", "RefineTrainer", {p: ("network", f"{p}.") for p in ("mapping", "decoder", "detail")},
           starts_from="restorer", optional=True, doc="mapping, G_Y and the detail path fine-tuned end to end, E_RX frozen"),
     Stage("detail", "DetailTrainer", {"detail": ("detail", "")}, starts_from="restorer", optional=True, default=False,
-          doc="the detail path alone, the restore path frozen: what of the input to keep, per pixel"),
+          doc="the detail path alone, the restore path frozen: what of the input to keep, per pixel (the init's, "
+              "widened where the config's detail is wider)"),
     Stage("tone", "ToneTrainer", {"tone": ("tone", "")}, starts_from="restorer", optional=True,
-          doc="colour transform and light field of the restored photo"),
+          doc="colour transform and light field of the restored photo (goes on from the init's where it has one)"),
     Stage("direct", "DirectTrainer", {p: ("network", f"{p}.") for p in (*PATH, "detail")}, default=False, ablation=True,
           doc="the ablation: the same path trained directly from degraded to clean photographs"),
 )}
