@@ -58,9 +58,9 @@ class DetailPath(nn.Module):
 
     @torch.no_grad()
     def widened(self, channels: int) -> "DetailPath":
-        """A wider detail path that computes exactly what this one does, to train on from there: each
-        layer holds this one's weights in its first channels; the new channels' inputs start at random,
-        so that they learn, and what they feed into the old channels at zero."""
+        """A detail path as wide or wider that computes exactly what this one does, to train on from
+        there (as wide: a copy): each layer holds this one's weights in its first channels; the new
+        channels' inputs start at random, so that they learn, and what they feed into the old at zero."""
         if channels < self.inlet.out_channels:
             raise ValueError(f"a detail path can only be widened: {channels} < {self.inlet.out_channels} channels")
         wide = DetailPath(channels)

@@ -303,18 +303,6 @@ class DirectTrainer(StageTrainer):
         return [batch["degraded"], self.trained["network"](batch["degraded"], batch["mask"]), batch["clean"]]
 
 
-def detail_to_train(detail: DetailPath | None, width: int) -> DetailPath:
-    """The detail path a stage trains: a copy of the restorer's, widened where the config asks for
-    more channels (it starts as the restorer's, so training goes on from what it learned), or a new
-    one, which starts as the identity, where the restorer has none."""
-    if detail is None:
-        return DetailPath(width)
-    if width < detail.inlet.out_channels:
-        raise ValueError(f"the restorer's detail path has {detail.inlet.out_channels} channels, more than this "
-                         f"training's config (detail: {width}); it can only be widened")
-    return detail.widened(width) if width > detail.inlet.out_channels else copy.deepcopy(detail)
-
-
 class RefinedPath(nn.Module):
     """The part of the restore path that refine trains: the latent mapping, G_Y, and the detail path
     where the restorer has one (or the config asks for one)."""
@@ -339,7 +327,10 @@ class RefineTrainer(StageTrainer):
 
     def build(self) -> dict[str, nn.Module]:
         path = self.frozen["restorer"]
-        detail = detail_to_train(path.detail, self.config.detail) if path.detail is not None or self.config.detail else None
+        # The restorer's detail path, widened where the config asks (it starts restoring as before), or
+        # a new one (it starts as the identity) where the restorer has none and the config asks.
+        detail = (path.detail.widened(self.config.detail) if path.detail is not None else
+                  DetailPath(self.config.detail) if self.config.detail else None)
         return {"network": RefinedPath(copy.deepcopy(path.mapping), copy.deepcopy(path.decoder), detail).requires_grad_(True)}
 
     def _restore(self, batch: Batch, network: nn.Module) -> torch.Tensor:
@@ -372,7 +363,7 @@ class DetailTrainer(StageTrainer):
         path = self.frozen["restorer"]
         if not self.config.detail:
             raise ValueError("the detail stage needs the config's detail (the detail path's width) above 0")
-        return {"detail": detail_to_train(path.detail, self.config.detail).requires_grad_(True)}
+        return {"detail": DetailPath(self.config.detail) if path.detail is None else path.detail.widened(self.config.detail)}
 
     def _decoded(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The detector's mask and the restore path's output before the detail path."""
