@@ -62,6 +62,17 @@ class LossWeights(_Strict):
     # distill: the student's output and latents against the teacher's.
     teacher_l1: float = 40.0
     teacher_latent_l1: float = 10.0
+    # vae_a fine-tuned from the init's E_RX: L1 of its latents of synthetic photos to E_RX's, so that
+    # the mapping trained on those latents still fits while the real photos' latents move to them.
+    anchor_l1: float = 0.0
+
+    @model_serializer(mode="wrap")
+    def _without_unset_anchor(self, serialize):
+        # Configs from before the anchor keep their JSON, and so their checkpoint folders' names.
+        data = serialize(self)
+        if isinstance(data, dict) and self.anchor_l1 == 0.0:
+            data.pop("anchor_l1", None)
+        return data
 
 
 class TrainConfig(_Strict):

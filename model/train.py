@@ -199,10 +199,11 @@ class VAETrainer(StageTrainer):
         with self.autocast():
             recon, _, mean, log_variance = self.wrapped["vae"](x)
             terms = {"kl": kl_divergence(mean.float(), log_variance.float()), "l1": nn.functional.l1_loss(recon.float(), x)}
-        return terms, [Game("image_discriminator", x, recon), *self.latent_games(mean, batch)]
+        latent_terms, latent_games = self.latent_losses(mean, batch)
+        return terms | latent_terms, [Game("image_discriminator", x, recon), *latent_games]
 
-    def latent_games(self, mean: torch.Tensor, batch: Batch) -> list[Game]:
-        return []
+    def latent_losses(self, mean: torch.Tensor, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
+        return {}, []
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         x = self.images(batch)
@@ -229,10 +230,16 @@ class VAEATrainer(VAETrainer):
     def images(self, batch: Batch) -> torch.Tensor:
         return torch.cat([batch["degraded"], batch["real"]])
 
-    def latent_games(self, mean: torch.Tensor, batch: Batch) -> list[Game]:
+    def latent_losses(self, mean: torch.Tensor, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         # Real old photos' latents are "real", synthetic ones "fake": the encoder learns to make them alike.
         n = len(batch["degraded"])
-        return [Game("latent_discriminator", real=mean[n:], fake=mean[:n], term="latent_gan", image=False)]
+        terms = {}
+        start = self.frozen.get("restorer")
+        if self.w.anchor_l1 and start is not None and start.config.vae == self.config.vae:
+            with torch.no_grad(), self.autocast():
+                anchor = start.encoder(batch["degraded"])[0]
+            terms["anchor_l1"] = nn.functional.l1_loss(mean[:n].float(), anchor.float())
+        return terms, [Game("latent_discriminator", real=mean[n:], fake=mean[:n], term="latent_gan", image=False)]
 
 
 class MappingTrainer(StageTrainer):

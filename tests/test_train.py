@@ -85,6 +85,30 @@ def test_vae_a_fine_tunes_the_init_path_of_its_shape_and_starts_afresh_beside_an
     assert not torch.equal(fresh.trained["vae"].encoder.state_dict()[key], started[key]), "no init: a new encoder"
 
 
+def test_the_anchor_holds_vae_a_latents_of_synthetic_photos_near_the_init_encoders(pairs):
+    """anchor_l1 > 0: the fine-tune's latents of synthetic photos stay nearer the init E_RX's (which
+    the mapping was trained on) than without it; unset, it leaves the config's JSON as it was."""
+    assert "anchor_l1" not in TINY.model_dump_json()
+    torch.manual_seed(0)
+    init = RestorerNetwork(TINY)
+    stream, real_stream = _streams(pairs), SampleStream(1, lambda i: [{"image": np.full((90, 70, 3), 60, np.uint8)}], 0)
+    batches = []
+    for _ in range(6):
+        batches.append(pair_batch(stream, 2, 32) | {"real": real_batch(real_stream, 2, 32)})
+    moved = {}
+    for weight in (0.0, 50.0):
+        train = TINY.train.model_copy(update={"lr": 3e-3, "weights": TINY.train.weights.model_copy(update={"anchor_l1": weight})})
+        trainer = STAGES["vae_a"].trainer_class()(TINY.model_copy(update={"train": train}), torch.device("cpu"), torch.float32,
+                                                  frozen={"restorer": init})
+        for batch in batches:
+            metrics = trainer.step(batch)
+        assert ("anchor_l1" in metrics) == (weight > 0)
+        x = batches[0]["degraded"]
+        with torch.no_grad():
+            moved[weight] = float((trainer.trained["vae"].encoder.eval()(x)[0] - init.encoder.eval()(x)[0]).abs().mean())
+    assert moved[50.0] < 0.7 * moved[0.0], moved
+
+
 @pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "distill", "direct"])
 def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     frozen = ({"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else
