@@ -24,7 +24,7 @@ from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
-from .restorer import DetailPath, DirectRestorer, restore_with_latents
+from .restorer import DetailPath, DirectRestorer, RestorerNetwork, restore_with_latents
 from .scratch import ScratchDetector
 from .stages import STAGES
 from .tone import ToneCorrection, thumbnail
@@ -220,12 +220,16 @@ class VAEATrainer(VAETrainer):
         # decoder were trained on move only as far as aligning the real photographs takes them. The
         # decoder starts as its G_Y, which already turns such latents into photographs: a random one
         # would pull the encoder's latents far before it learned anything.
-        start = self.frozen.get("restorer")
-        if start is not None and start.config.vae == self.config.vae:
+        start = self._init_of_this_shape()
+        if start is not None:
             modules["vae"].encoder.load_state_dict(start.encoder.state_dict())
             modules["vae"].decoder.load_state_dict(start.decoder.state_dict())
         modules["latent_discriminator"] = LatentDiscriminator(self.config.vae.latent_channels, 4 * self.config.discriminator.channels)
         return modules
+
+    def _init_of_this_shape(self) -> RestorerNetwork | None:
+        start = self.frozen.get("restorer")
+        return start if start is not None and start.config.vae == self.config.vae else None
 
     def images(self, batch: Batch) -> torch.Tensor:
         return torch.cat([batch["degraded"], batch["real"]])
@@ -234,8 +238,8 @@ class VAEATrainer(VAETrainer):
         # Real old photos' latents are "real", synthetic ones "fake": the encoder learns to make them alike.
         n = len(batch["degraded"])
         terms = {}
-        start = self.frozen.get("restorer")
-        if self.w.anchor_l1 and start is not None and start.config.vae == self.config.vae:
+        start = self._init_of_this_shape()
+        if self.w.anchor_l1 and start is not None:
             with torch.no_grad(), self.autocast():
                 anchor = start.encoder(batch["degraded"])[0]
             terms["anchor_l1"] = nn.functional.l1_loss(mean[:n].float(), anchor.float())

@@ -92,9 +92,7 @@ def test_the_anchor_holds_vae_a_latents_of_synthetic_photos_near_the_init_encode
     torch.manual_seed(0)
     init = RestorerNetwork(TINY)
     stream, real_stream = _streams(pairs), SampleStream(1, lambda i: [{"image": np.full((90, 70, 3), 60, np.uint8)}], 0)
-    batches = []
-    for _ in range(6):
-        batches.append(pair_batch(stream, 2, 32) | {"real": real_batch(real_stream, 2, 32)})
+    batches = [pair_batch(stream, 2, 32) | {"real": real_batch(real_stream, 2, 32)} for _ in range(6)]
     moved = {}
     for weight in (0.0, 50.0):
         train = TINY.train.model_copy(update={"lr": 3e-3, "weights": TINY.train.weights.model_copy(update={"anchor_l1": weight})})
