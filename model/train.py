@@ -220,16 +220,17 @@ class VAEATrainer(VAETrainer):
         # decoder were trained on move only as far as aligning the real photographs takes them. The
         # decoder starts as its G_Y, which already turns such latents into photographs: a random one
         # would pull the encoder's latents far before it learned anything.
-        start = self._init_of_this_shape()
+        start = self.frozen.get("restorer")
+        if start is not None and start.config.vae != self.config.vae:
+            start = None
+        if self.w.anchor_l1 and start is None:
+            raise ValueError(f"anchor_l1 = {self.w.anchor_l1} holds vae_a to the init's E_RX, but no init of this "
+                             f"VAE's shape was given (--init a restorer with vae {self.config.vae.model_dump()})")
         if start is not None:
             modules["vae"].encoder.load_state_dict(start.encoder.state_dict())
             modules["vae"].decoder.load_state_dict(start.decoder.state_dict())
         modules["latent_discriminator"] = LatentDiscriminator(self.config.vae.latent_channels, 4 * self.config.discriminator.channels)
         return modules
-
-    def _init_of_this_shape(self) -> RestorerNetwork | None:
-        start = self.frozen.get("restorer")
-        return start if start is not None and start.config.vae == self.config.vae else None
 
     def images(self, batch: Batch) -> torch.Tensor:
         return torch.cat([batch["degraded"], batch["real"]])
@@ -238,10 +239,9 @@ class VAEATrainer(VAETrainer):
         # Real old photos' latents are "real", synthetic ones "fake": the encoder learns to make them alike.
         n = len(batch["degraded"])
         terms = {}
-        start = self._init_of_this_shape()
-        if self.w.anchor_l1 and start is not None:
+        if self.w.anchor_l1:
             with torch.no_grad(), self.autocast():
-                anchor = start.encoder(batch["degraded"])[0]
+                anchor = self.frozen["restorer"].encoder(batch["degraded"])[0]
             terms["anchor_l1"] = nn.functional.l1_loss(mean[:n].float(), anchor.float())
         return terms, [Game("latent_discriminator", real=mean[n:], fake=mean[:n], term="latent_gan", image=False)]
 

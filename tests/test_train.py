@@ -105,6 +105,11 @@ def test_the_anchor_holds_vae_a_latents_of_synthetic_photos_near_the_init_encode
         with torch.no_grad():
             moved[weight] = float((trainer.trained["vae"].encoder.eval()(x)[0] - init.encoder.eval()(x)[0]).abs().mean())
     assert moved[50.0] < 0.7 * moved[0.0], moved
+    wider = TINY.model_copy(update={"vae": TINY.vae.model_copy(update={"channels": 2 * TINY.vae.channels})})
+    for frozen in (None, {"restorer": RestorerNetwork(wider)}):  # nothing to hold the latents to
+        with pytest.raises(ValueError, match="anchor_l1 = 50.0 .* no init of this VAE's shape"):
+            STAGES["vae_a"].trainer_class()(TINY.model_copy(update={"train": train}), torch.device("cpu"), torch.float32,
+                                            frozen=frozen)
 
 
 @pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "distill", "direct"])
