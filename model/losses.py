@@ -27,13 +27,15 @@ def feature_matching(fake: list[list[torch.Tensor]], real: list[list[torch.Tenso
 
 
 def bce_dice(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice: BCE for every pixel, Dice against the rarity of damage."""
+    """Binary cross-entropy plus soft Dice: BCE for every pixel, Dice against the rarity of damage.
+    Dice is over the whole batch, not per photo: on an undamaged photo a per-photo Dice is 1 - 1/(m + 1)
+    for m marked pixels, nearly all of it for the first few marks, which taught the detector to mark
+    nothing at all on photos it judged undamaged, and so to miss whole scratches (MODEL_CARD.md)."""
     logits, target = logits.float(), target.float()
     bce = F.binary_cross_entropy_with_logits(logits, target)
     p = torch.sigmoid(logits)
-    dims = tuple(range(1, p.ndim))
-    dice = 1 - (2 * (p * target).sum(dims) + 1) / (p.sum(dims) + target.sum(dims) + 1)
-    return bce + dice_weight * dice.mean()
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return bce + dice_weight * dice
 
 
 def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:

@@ -229,6 +229,18 @@ def test_mask_losses_reward_the_right_mask():
         assert loss(good, target) < 0.05 < loss(bad, target)
 
 
+def test_a_few_false_marks_on_an_undamaged_photo_cost_what_their_pixels_do():
+    """Dice over the batch: four falsely marked pixels on the batch's undamaged photo cost BCE's 0.06
+    and Dice's 0.06 (4 of the 36 marked pixels wrong); a per-photo Dice charged them 0.4 more."""
+    target = torch.zeros(2, 1, 16, 16)
+    target[0, :, 4:6, :] = 1  # the first photo has a scratch, the second none
+    good = (target * 2 - 1) * 8
+    marked = good.clone()
+    marked[1, :, 8, 4:8] = 8
+    cost = float(bce_dice(marked, target) - bce_dice(good, target))
+    assert 0.1 < cost < 0.14, cost
+
+
 def _vgg_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     state = random_vgg_state(VGG19_LAYOUT, seed)
     state["classifier.0.weight"] = torch.zeros(4, 4)  # ignored
