@@ -231,7 +231,8 @@ def test_mask_losses_reward_the_right_mask():
 
 def test_a_few_false_marks_on_an_undamaged_photo_cost_what_their_pixels_do():
     """Dice over the batch: four falsely marked pixels on the batch's undamaged photo cost BCE's 0.06
-    and Dice's 0.06 (4 of the 36 marked pixels wrong); a per-photo Dice charged them 0.4 more."""
+    and Dice's 0.06 (4 of the 36 marked pixels wrong); a per-photo Dice's part was 0.4 (that photo's
+    1 - 1/5, averaged over the two)."""
     target = torch.zeros(2, 1, 16, 16)
     target[0, :, 4:6, :] = 1  # the first photo has a scratch, the second none
     good = (target * 2 - 1) * 8
