@@ -24,7 +24,7 @@ from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
-from .restorer import DetailPath, DirectRestorer, RestorerNetwork, restore_with_latents
+from .restorer import DetailPath, DirectRestorer, restore_with_latents
 from .scratch import ScratchDetector
 from .stages import STAGES
 from .tone import ToneCorrection, thumbnail
