@@ -104,8 +104,10 @@ def _border_start(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray,
     return start, inward + rng.uniform(-0.6, 0.6)
 
 
-def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, dark: np.ndarray) -> tuple[Image, Mask]:
-    """Blend the bright and dark opacity layers onto a copy of the image; only their pixels are touched."""
+def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, dark: np.ndarray,
+                  opacity: float = 1.0) -> tuple[Image, Mask]:
+    """Blend the bright and dark opacity layers onto a copy of the image, at most `opacity` opaque;
+    only their pixels are touched."""
     out = image.copy()
     w = image.shape[1]
     flat = out.reshape(-1, 3) if image.ndim == 3 else out.reshape(-1)  # flat indices: faster than (ys, xs)
@@ -117,7 +119,7 @@ def _apply_layers(image: Image, rng: np.random.Generator, bright: np.ndarray, da
         at = ys * w + xs
         # Anti-aliased thin strokes rarely reach full coverage; lifting the opacity gives them
         # solid cores (as real scratches have) and keeps soft edges.
-        alpha = np.minimum(layer.reshape(-1)[at].astype(np.float32) * (_CORE_GAIN / 255.0), 1.0)
+        alpha = np.minimum(layer.reshape(-1)[at].astype(np.float32) * (_CORE_GAIN / 255.0), 1.0) * np.float32(opacity)
         color = _color(image, is_bright, rng)
         pixels = flat[at].astype(np.float32)
         flat[at] = to_uint8(pixels + (color - pixels) * (alpha[:, None] if image.ndim == 3 else alpha))
@@ -148,13 +150,17 @@ def scratches(image: Image, rng: np.random.Generator, count: int, width: float =
 
 
 def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6, width: float = 1.0,
-           length: float = 0.5, jaggedness: float = 0.25, flakes: float = 0.3, relief: float = 0.0) -> tuple[Image, Mask]:
+           length: float = 0.5, jaggedness: float = 0.25, flakes: float = 0.3, relief: float = 0.0,
+           opacity: float = 1.0, gaps: float = 0.0) -> tuple[Image, Mask]:
     """Branching crack networks as in cracked emulsion: bright, jagged, forking lines.
 
     count networks, each a trunk of `length` times the diagonal with up to `branches` forks (which fork
     again), turning by `jaggedness` radians per step; `flakes` is the chance per fork that a chip of
     emulsion around it is lost too. `relief` (0-1): the opacity of a dark edge along one side of every
     crack, as where a cracked print's emulsion lifts and casts a shadow; masked with the crack.
+    `opacity` (0-1): how much of the paper shows through at a crack's core (a hairline crack in the
+    emulsion is grey, not paper white); `gaps` (0-1): the share of each line that is missing, in runs
+    of some ten pixels, as a crease's crack breaks off and goes on.
     """
     h, w = image.shape[:2]
     diagonal = float(np.hypot(h, w))
@@ -169,7 +175,11 @@ def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6
             steps = max(3, int(reach / 3.0))
             points = _inside(_walk(rng, origin, heading, steps, 3.0, 0.01, jaggedness), h, w)
             thickness = max(1, int(round(width * (0.7 if depth else 1.0) * rng.uniform(0.8, 1.4))))
-            _draw(layer, points, thickness, _profile(rng, len(points), 0.6, 20.0), pieces=max(1, len(points) // 10))
+            profile, pieces = _profile(rng, len(points), 0.6, 20.0), max(1, len(points) // 10)
+            if gaps > 0:  # drawn off and on in runs of about four points (12 px)
+                wave = lfilter([1 - np.exp(-0.25)], [1.0, -np.exp(-0.25)], rng.standard_normal(len(points)))
+                profile, pieces = profile * (wave > np.quantile(wave, gaps)), len(points)
+            _draw(layer, points, thickness, profile, pieces=pieces)
             forks = min(budget, rng.poisson(1.5 if depth < 3 else 0.3))
             budget -= forks
             for _ in range(forks):
@@ -178,7 +188,7 @@ def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6
                 todo.append((at, heading + side * rng.uniform(0.4, 1.3), reach * rng.uniform(0.25, 0.6), depth + 1))
                 if rng.random() < flakes:
                     _flake(layer, rng, at, width)
-    out, mask = _apply_layers(image, rng, layer, np.zeros_like(layer))
+    out, mask = _apply_layers(image, rng, layer, np.zeros_like(layer), opacity)
     if relief > 0:  # the crack's own shape, moved away from the light: the edge beside it
         angle, distance = rng.uniform(0, 2 * np.pi), 1.0 + 0.75 * width
         shift = np.float32([[1, 0, np.cos(angle) * distance], [0, 1, np.sin(angle) * distance]])

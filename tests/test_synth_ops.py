@@ -141,6 +141,24 @@ def test_cracks_with_relief_cast_a_masked_shadow_on_one_side():
     assert not ((out != flat).any(axis=2) & ~mask).any(), "the shadow is masked"
 
 
+def test_hairline_cracks_are_grey_and_broken():
+    """opacity lets the picture show through a crack's core; gaps break each line into pieces. Both
+    keep the mask exact, and neither changes the cracks' course (the same seed draws the same paths)."""
+    import cv2
+
+    flat = np.full((256, 256, 3), 60, np.uint8)
+    solid_out, solid = run("cracks", flat, 4, count=2, branches=0, length=1.0, jaggedness=0.05, flakes=0.0)
+    grey_out, grey = run("cracks", flat, 4, count=2, branches=0, length=1.0, jaggedness=0.05, flakes=0.0, opacity=0.5)
+    assert np.array_equal(grey, solid), "the same cracks"
+    assert np.percentile(solid_out[solid], 90) > 200 and 120 < np.percentile(grey_out[grey], 90) < 170, \
+        "cores halfway between the picture (60) and the paper (about 240)"
+    broken_out, broken = run("cracks", flat, 4, count=2, branches=0, length=1.0, jaggedness=0.05, flakes=0.0, gaps=0.5)
+    assert not ((broken_out != flat).any(axis=2) & ~broken).any(), "the mask is exact"
+    assert 0.3 * solid.sum() < broken.sum() < 0.75 * solid.sum(), "about half of each line missing"
+    pieces = cv2.connectedComponents(broken.astype(np.uint8))[0] - 1
+    assert pieces >= 3 * (cv2.connectedComponents(solid.astype(np.uint8))[0] - 1), "in many pieces"
+
+
 def test_gaussian_noise_has_the_requested_sigma():
     flat = np.full((256, 256, 3), 128, np.uint8)
     out = run("gaussian_noise", flat, 0, sigma=10.0)
