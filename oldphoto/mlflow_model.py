@@ -14,7 +14,8 @@ class RestorerModel(mlflow.pyfunc.PythonModel):
 
         self.restorer = Restorer(load_restorer(context.artifacts["bundle"]))
 
-    def predict(self, context, model_input, params=None):
+    # Annotated with a type MLflow infers no signature from: without a hint it prints advice to add one.
+    def predict(self, context, model_input: np.ndarray, params=None):
         """A uint8 image (H x W x 3 or H x W) or a list of them -> the restored images."""
         images = model_input if isinstance(model_input, list) else [model_input]
         restored = [self.restorer.restore(np.asarray(image, np.uint8))[0] for image in images]

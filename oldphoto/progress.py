@@ -20,21 +20,22 @@ class FlowProgress:
     every every_s seconds, and at the end: each is a call to the Prefect API, whose work on a small
     machine comes out of the workers' share."""
 
-    def __init__(self, total: int, unit: str, key: str, description: str, every_s: float = 5.0):
-        self.total, self.unit, self.every_s = total, unit, every_s
-        self.done, self.detail, self.started, self.reported = 0, "", time.perf_counter(), float("-inf")
+    def __init__(self, total: int, unit: str, key: str, description: str, every_s: float = 5.0, start: int = 0):
+        """start: items done before this run (a resumed one), counted in the total but not the rate."""
+        self.total, self.unit, self.every_s, self.start = total, unit, every_s, start
+        self.done, self.detail, self.started, self.reported = start, "", time.perf_counter(), float("-inf")
         self.logger = get_run_logger()
-        self.artifact = create_progress_artifact(0.0, key=key, description=description)
+        self.artifact = create_progress_artifact(100.0 * start / max(1, total), key=key, description=description)
         self.bar = None
         if sys.stderr.isatty():
             self.bar = Progress(TextColumn(f"[bold]{unit}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]:.2f}/s {task.fields[detail]}"), TimeElapsedColumn(),
                                 TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-            self.task = self.bar.add_task(unit, total=total, rate=0.0, detail="")
+            self.task = self.bar.add_task(unit, total=total, completed=start, rate=0.0, detail="")
             self.bar.start()
 
     def rate(self) -> float:
-        return self.done / max(1e-9, time.perf_counter() - self.started)
+        return (self.done - self.start) / max(1e-9, time.perf_counter() - self.started)
 
     def update(self, done: int, detail: str = "") -> None:
         """done: items finished so far; detail: what else to show beside the count."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from oldphoto.model.train import StageTrainer, check_ranks_agree, load_state, sa
 from oldphoto.model.vae import VAE
 from oldphoto.models import BUNDLE_FILE, load_restorer, read_weights
 from oldphoto.pairs import read_shard, shard_urls
+from oldphoto.progress import FlowProgress
 from oldphoto.runtime import usable_cores
 from oldphoto.settings import get_settings
 from oldphoto.tracking import experiment_id
@@ -160,7 +164,14 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
             batch["real"] = real_batch(streams["real"], t.batch_size, t.crop)
         return batch
 
+    # Where the run is tracked (the train flow's task), its steps show as the other flows' items do.
+    progress = FlowProgress(t.steps, "steps", f"train-{stage.replace('_', '-')}-progress", f"{stage} -> {checkpoints}",
+                            start=resumed_at) if client else None
+
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
+        if progress:
+            losses = [f"{k} {v:.3g}" for k, v in metrics.items() if k not in ("samples_per_second", "lr")]
+            progress.update(step, ", ".join(losses[:4]))
         if client:
             now = int(time.time() * 1000)
             client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in sorted(metrics.items())])
@@ -178,6 +189,8 @@ def run_stage(stage: str, config: ModelConfig, pairs: str, real: str | None, che
     started = time.perf_counter()
     train_loop(trainer, next_batch, t.steps, on_metrics=on_metrics, on_preview=on_preview, on_checkpoint=on_checkpoint)
     seconds = time.perf_counter() - started
+    if progress:
+        progress.close()
     check_ranks_agree(trainer)
     if joins:  # left to interpreter exit, gloo's threads can abort the process after the work is done
         dist.destroy_process_group()
@@ -247,6 +260,21 @@ def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, in
     return assemble_restorer(present, load, load_restorer(init) if init else None, direct, tone, where=checkpoints)
 
 
+@contextmanager
+def _without_mlflow_advice() -> Iterator[None]:
+    """MLflow's log_model advises the author of a pyfunc model to log it from code, in a WARNING line
+    on every call: advice a user who trains can do nothing about. Its other lines pass."""
+    def advice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passing a Python object as `python_model`")
+
+    pyfunc = logging.getLogger("mlflow.pyfunc")
+    pyfunc.addFilter(advice)
+    try:
+        yield
+    finally:
+        pyfunc.removeFilter(advice)
+
+
 @task
 def register_restorer(checkpoints: str, run_id: str, tracking_uri: str, model_name: str,
                       direct: bool = False, init: str | None = None) -> dict[str, Any]:
@@ -265,7 +293,7 @@ def register_restorer(checkpoints: str, run_id: str, tracking_uri: str, model_na
         storage.write_bytes_atomic(storage.join(checkpoints, BUNDLE_FILE), path.read_bytes())
         client = MlflowClient(tracking_uri)
         client.log_artifact(run_id, str(path), "restorer")
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), _without_mlflow_advice():
             info = mlflow.pyfunc.log_model(name="restorer", python_model=RestorerModel(), artifacts={"bundle": str(path)},
                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
         version = mlflow.register_model(info.model_uri, model_name, tags={"oldphoto.config": network.config.name})

@@ -513,6 +513,26 @@ def test_training_flow_tracks_every_stage_and_registers_a_restorer(prefect_api, 
     assert 0 < moved <= 1.5 * TINY.train.steps * TINY.train.lr
 
 
+def test_the_train_console_shows_the_steps_and_their_losses_and_no_mlflow_advice(pairs, tmp_path):
+    """Off a terminal: a plain line with the step count, the losses and the rate (a resumed run counts
+    on from where it stopped), the JSON summary last; none of MLflow's advice to model authors."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"}
+    env |= {"OLDPHOTO_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    torch.save(RestorerNetwork(TINY).bundle(), tmp_path / "init.pt")  # the parts the scratch stage does not train
+    command = CLI + ["train", "--config", "tiny", "--stages", "scratch", "--pairs", pairs, "--init", str(tmp_path / "init.pt"),
+                     "--checkpoints", str(tmp_path / "ckpt")]
+    runs = [subprocess.run(command + ["--steps", str(steps)], capture_output=True, text=True, env=env, timeout=300)
+            for steps in (4, 6)]
+    for done in runs:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "type hints" not in done.stderr and "CloudPickle" not in done.stderr
+    first, resumed = ([line for line in done.stderr.splitlines() if " steps (" in line] for done in runs)
+    assert first[0].startswith("1/4 steps (total ") and "bce_dice" in first[0] and first[-1].startswith("4/4 steps")
+    assert first[-1].endswith("steps/s")
+    assert resumed[0].startswith("5/6 steps") and resumed[-1].startswith("6/6 steps")
+    assert json.loads(runs[1].stdout)["stages"][0]["resumed_at"] == 4, "the summary is the last thing printed"
+
+
 def test_distilling_a_restorer_registers_the_lighter_path_with_the_teachers_detector(prefect_api, pairs, real, tracking,
                                                                                    tmp_path, photo):
     from oldphoto.flows.train import train
