@@ -7,9 +7,11 @@ import os
 import posixpath
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem
 from fsspec.core import url_to_fs
 
 from .settings import get_settings
@@ -96,7 +98,7 @@ def _image_listing(url: str) -> tuple[bool, dict[str, str]]:
     root = root.rstrip("/")
     # One listing answers it all: a folder's files, or the file itself. Asking first whether the path
     # exists and is a file costs a request each; on object storage, listings of their own.
-    found = fs.find(root, detail=True)
+    found = _find(fs, root)
     if root in found:  # a file
         info = found[root] or fs.info(root)  # a local file's find names it without its details
         return True, {posixpath.basename(root): _stamp(info)} if _is_image(root) else {}
@@ -109,6 +111,25 @@ def _image_listing(url: str) -> tuple[bool, dict[str, str]]:
         if _is_image(key) and not any(part.startswith(".") and part != ".." for part in key.split("/")):
             stamps[key] = _stamp(info)
     return False, stamps
+
+
+def _find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
+    """fs.find(root, detail=True). An object store lists a prefix in pages of 1,000 keys, each asked
+    for when the one before has come: there, the root's own level is listed first (its files and
+    subfolders), then each subfolder by a request stream of its own, side by side."""
+    if not isinstance(fs, AsyncFileSystem):
+        return fs.find(root, detail=True)
+    fs.invalidate_cache(root)  # the level listing is cached by the filesystem; files may have come since
+    try:
+        level = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return {}
+    found = {entry["name"]: entry for entry in level if entry["type"] != "directory"}
+    folders = [entry["name"] for entry in level if entry["type"] == "directory"]
+    with ThreadPoolExecutor(max(1, min(16, len(folders)))) as pool:
+        for part in pool.map(lambda folder: fs.find(folder, detail=True), folders):
+            found.update(part)
+    return found
 
 
 def _is_image(key: str) -> bool:

@@ -29,6 +29,12 @@ def test_list_images_recursively(where, tmp_path, request):
     assert single and stamps == {"c.tif": storage.stamped_images(root)["sub/c.tif"]} and stamps["c.tif"].startswith("1:")
     assert storage.image_listing(storage.join(root, "notes.txt")) == (True, {})
     assert storage.image_listing(root)[0] is False
+    storage.write_bytes_atomic(storage.join(root, "sub2/d.jpg"), b"x")
+    storage.write_bytes_atomic(storage.join(root, "e.jpg"), b"x")
+    assert storage.list_images(root) == ["a.jpg", "b.PNG", "e.jpg", "sub/c.tif", "sub/deep er/ü.jpeg", "sub2/d.jpg"], \
+        "a second listing sees what came since"
+    with pytest.raises(FileNotFoundError, match="missing"):
+        storage.list_images(storage.join(root, "missing"))
 
 
 def test_list_images_of_a_missing_place_says_so(tmp_path):
