@@ -160,7 +160,7 @@ def cracks(image: Image, rng: np.random.Generator, count: int, branches: int = 6
     crack, as where a cracked print's emulsion lifts and casts a shadow; masked with the crack.
     `opacity` (0-1): how much of the paper shows through at a crack's core (a hairline crack in the
     emulsion is grey, not paper white); `gaps` (0-1): the share of each line that is missing, in runs
-    of some ten pixels, as a crease's crack breaks off and goes on.
+    of about 12 px, as a crease's crack breaks off and goes on.
     """
     h, w = image.shape[:2]
     diagonal = float(np.hypot(h, w))
