@@ -39,19 +39,9 @@ class DetailPath(nn.Module):
         self.down = nn.ModuleList([conv(c, 2 * c, stride=2), conv(2 * c, 2 * c, stride=2)])
         self.middle = conv(2 * c, 2 * c)
         self.up = nn.ModuleList([conv(2 * c, 2 * c), conv(2 * c, c)])  # at 1/4 and 1/2, then upsampled
-        # keep, a correction per channel, and how much more (or less) of the input to keep in its low band
-        self.outlet = conv(c, 5)
+        self.outlet = conv(c, 4)  # keep, and a correction per channel
         nn.init.zeros_(self.outlet.weight)
         nn.init.zeros_(self.outlet.bias)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Weights from before the low band's keep had four outputs: the fifth starts at zero, where the
-        # low band is kept as the rest, so the path computes exactly what it did.
-        for name in ("weight", "bias"):
-            key = f"{prefix}outlet.{name}"
-            if key in state_dict and state_dict[key].shape[0] == 4:
-                state_dict[key] = torch.cat([state_dict[key], torch.zeros_like(state_dict[key][:1])])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, image: torch.Tensor, restored: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         restored = restored.to(image.dtype)
@@ -62,16 +52,9 @@ class DetailPath(nn.Module):
         quarter = act(self.middle(act(self.down[1](half), 0.2)), 0.2)
         half = act(upsampled(self.up[0](quarter)) + half, 0.2)
         full = act(upsampled(self.up[1](half)) + full, 0.2)
-        keep, correction, low_keep = self.outlet(full).split([1, 3, 1], 1)
+        keep, correction = self.outlet(full).split([1, 3], 1)
         # clamp, not a sigmoid: a print left alone keeps exactly its pixels, and zero keeps none.
-        keep = keep.clamp(0, 1)
-        # The input's low band (means over 4 x 4 cells) is its tone: a faded print keeps its grain and
-        # texture without its fade, and a fill's tone matches the tone around it.
-        difference = image - restored
-        low = nn.functional.interpolate(nn.functional.avg_pool2d(difference, 4, ceil_mode=True), size=difference.shape[-2:],
-                                        mode="bilinear", align_corners=False)
-        kept = keep * (difference - low) + (keep + low_keep).clamp(0, 1) * low
-        return (restored + kept + correction).clamp(-1, 1)
+        return (restored + keep.clamp(0, 1) * (image - restored) + correction).clamp(-1, 1)
 
     @torch.no_grad()
     def widened(self, channels: int) -> "DetailPath":
