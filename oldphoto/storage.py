@@ -126,9 +126,10 @@ def _find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
         return {}
     found = {entry["name"]: entry for entry in level if entry["type"] != "directory"}
     folders = [entry["name"] for entry in level if entry["type"] == "directory"]
-    with ThreadPoolExecutor(max(1, min(16, len(folders)))) as pool:
-        for part in pool.map(lambda folder: fs.find(folder, detail=True), folders):
-            found.update(part)
+    if folders:
+        with ThreadPoolExecutor(min(16, len(folders))) as pool:
+            for part in pool.map(lambda folder: fs.find(folder, detail=True), folders):
+                found.update(part)
     return found
 
 
