@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import logging
 import os
 import resource
 import statistics
@@ -49,12 +51,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_engine(model: str, h: int, w: int, precision: str) -> dict:
-    """One configuration, in this (fresh) process."""
+def engine_as_workers_run_it(model: str, precision: str = "auto"):
+    """The engine with the process tuned as oldphoto's workers tune theirs (tasks/restore.py): with
+    glibc's default allocator every tile's temporaries are fresh mappings, a third slower here."""
     from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
+    from oldphoto.runtime import keep_freed_memory
 
-    restorer = Restorer(load_restorer(model), precision=precision)
+    keep_freed_memory()
+    return Restorer(load_restorer(model), precision=precision)
+
+
+def measure_engine(model: str, h: int, w: int, precision: str) -> dict:
+    """One configuration, in this (fresh) process."""
+    restorer = engine_as_workers_run_it(model, precision)
     image = scratched_photo(h, w)
     small = h * w <= 1 << 20
     # Warm-up: oneDNN builds its kernels per shape. A small image is warmed up on itself (an archive
@@ -100,10 +110,7 @@ def engine(model: str, precisions: list[str], compare: str | None = None) -> Non
 
 def batched(model: str, count: int = 64) -> None:
     """The engine on count small photos of one size: one by one, then together (restore_many)."""
-    from oldphoto.model.engine import Restorer
-    from oldphoto.models import load_restorer
-
-    restorer = Restorer(load_restorer(model))
+    restorer = engine_as_workers_run_it(model)
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(count)]
     restorer.restore_many(photos)  # oneDNN prepares each shape on its first call
@@ -167,11 +174,9 @@ def bulk(model: str, count: int, workers: int, store: str = "s3") -> None:
     from moto.server import ThreadedMotoServer
 
     from oldphoto.images import decode_archive
-    from oldphoto.model.engine import Restorer
-    from oldphoto.models import load_restorer
 
     images = {f"box {i % 3}/scan {i:03d}.jpg": _jpeg(scratched_photo(768, 1024, i)) for i in range(count)}
-    restorer = Restorer(load_restorer(model))
+    restorer = engine_as_workers_run_it(model)
     restorer.restore(scratched_photo(256, 256, 1))
     started = time.perf_counter()
     for key, data in images.items():
@@ -181,6 +186,8 @@ def bulk(model: str, count: int, workers: int, store: str = "s3") -> None:
     with tempfile.TemporaryDirectory() as work:
         server = None
         if store == "s3":
+            # moto stands in for a remote store: its access log (a line per request) is not the flow's console.
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
             server.start()
             endpoint = f"http://127.0.0.1:{server._server.server_port}"
@@ -210,8 +217,10 @@ def bulk(model: str, count: int, workers: int, store: str = "s3") -> None:
         dask.config.set(LOCAL_CLUSTER_CONFIG)
         with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
                           preload=["oldphoto.tasks.restore", "oldphoto.model.engine"]) as cluster, prefect_api():
+            before = cpu_seconds()
             summary = restore_archive.with_options(task_runner=task_runner(address=cluster.scheduler_address))(
                 src, dst, RestoreConfig(model=model))
+            used = {name: seconds - before.get(name, 0.0) for name, seconds in cpu_seconds().items()}
         if server is not None:
             server.stop()
     flow_rate = summary["restored"] / summary["seconds"]
@@ -220,6 +229,29 @@ def bulk(model: str, count: int, workers: int, store: str = "s3") -> None:
     print(f"engine alone (decode + restore in one process): {engine_rate:.3f} images/s")
     print(f"restore_archive flow: {flow_rate:.3f} images/s ({summary['restored']} restored in {summary['seconds']} s)"
           f" = {100 * flow_rate / engine_rate:.0f}% of the engine alone")
+    print(f"CPU seconds during the flow ({summary['seconds']} s wall, {os.cpu_count()} cores): "
+          + ", ".join(f"{name} {seconds:.1f}" for name, seconds in used.items()))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) of this process (the flow, and moto's server where it runs) and of
+    its children by role: the Dask workers (spawned by their nannies), the Prefect API, the rest."""
+    import psutil
+
+    def used(process: psutil.Process) -> float:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            return times.user + times.system
+        return 0.0
+
+    me = psutil.Process()
+    totals = {"this process (flow, moto)": used(me), "Dask workers": 0.0, "Prefect API": 0.0, "others": 0.0}
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            line = " ".join(child.cmdline())
+            role = "Prefect API" if "uvicorn" in line else "Dask workers" if "spawn_main" in line else "others"
+            totals[role] += used(child)
+    return totals
 
 
 def _wall(command: list[str], env: dict | None = None) -> float:
