@@ -53,7 +53,7 @@ def peak_rss_mb() -> float:
 
 def engine_as_workers_run_it(model: str, precision: str = "auto"):
     """The engine with the process tuned as oldphoto's workers tune theirs (tasks/restore.py): with
-    glibc's default allocator every tile's temporaries are fresh mappings, a third slower here."""
+    glibc's default allocator every tile's temporaries are fresh mappings: 20-35% slower (BENCHMARKS.md)."""
     from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
     from oldphoto.runtime import keep_freed_memory
@@ -245,7 +245,7 @@ def cpu_seconds() -> dict[str, float]:
         return 0.0
 
     me = psutil.Process()
-    totals = {"this process (flow, moto)": used(me), "Dask workers": 0.0, "Prefect API": 0.0, "others": 0.0}
+    totals = {"this process (flow, moto if used)": used(me), "Dask workers": 0.0, "Prefect API": 0.0, "others": 0.0}
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             line = " ".join(child.cmdline())

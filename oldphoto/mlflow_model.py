@@ -13,7 +13,7 @@ class RestorerModel(mlflow.pyfunc.PythonModel):
         from oldphoto.models import load_restorer
         from oldphoto.runtime import keep_freed_memory
 
-        keep_freed_memory()  # as oldphoto's own workers run the engine: a third faster on a CPU
+        keep_freed_memory()  # as oldphoto's own workers run the engine: 20-35% faster on a CPU (BENCHMARKS.md)
         self.restorer = Restorer(load_restorer(context.artifacts["bundle"]))
 
     # Annotated with a type MLflow infers no signature from: without a hint it prints advice to add one.
