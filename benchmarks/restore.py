@@ -51,20 +51,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def engine_as_workers_run_it(model: str, precision: str = "auto"):
-    """The engine with the process tuned as oldphoto's workers tune theirs (tasks/restore.py): with
-    glibc's default allocator every tile's temporaries are fresh mappings: 20-35% slower (BENCHMARKS.md)."""
+def load_engine(model: str, precision: str = "auto"):
     from oldphoto.model.engine import Restorer
     from oldphoto.models import load_restorer
-    from oldphoto.runtime import keep_freed_memory
 
-    keep_freed_memory()
     return Restorer(load_restorer(model), precision=precision)
 
 
 def measure_engine(model: str, h: int, w: int, precision: str) -> dict:
     """One configuration, in this (fresh) process."""
-    restorer = engine_as_workers_run_it(model, precision)
+    restorer = load_engine(model, precision)
     image = scratched_photo(h, w)
     small = h * w <= 1 << 20
     # Warm-up: oneDNN builds its kernels per shape. A small image is warmed up on itself (an archive
@@ -110,7 +106,7 @@ def engine(model: str, precisions: list[str], compare: str | None = None) -> Non
 
 def batched(model: str, count: int = 64) -> None:
     """The engine on count small photos of one size: one by one, then together (restore_many)."""
-    restorer = engine_as_workers_run_it(model)
+    restorer = load_engine(model)
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(count)]
     restorer.restore_many(photos)  # oneDNN prepares each shape on its first call
@@ -176,7 +172,7 @@ def bulk(model: str, count: int, workers: int, store: str = "s3") -> None:
     from oldphoto.images import decode_archive
 
     images = {f"box {i % 3}/scan {i:03d}.jpg": _jpeg(scratched_photo(768, 1024, i)) for i in range(count)}
-    restorer = engine_as_workers_run_it(model)
+    restorer = load_engine(model)
     restorer.restore(scratched_photo(256, 256, 1))
     started = time.perf_counter()
     for key, data in images.items():

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..runtime import keep_freed_memory
 from .blocks import luminance
 from .colour import chroma_coefficients, filter_size, keep_colours
 from .device import autocast, pick_device, pick_precision
@@ -78,6 +79,9 @@ class Restorer:
         multiple = network.multiple
         if tile is not None and (tile % multiple or tile <= 2 * overlap):
             raise ValueError(f"tile {tile} must be a multiple of {multiple} and more than twice the overlap {overlap}")
+        # Every tile's temporaries would otherwise be fresh page mappings (Dask workers lower glibc's
+        # trim threshold further): 20-35% of the engine's time on a CPU (BENCHMARKS.md).
+        keep_freed_memory()
         self.device = pick_device(device)
         self.dtype = pick_precision(self.device, precision)
         self.network = network.folded().to(self.device)

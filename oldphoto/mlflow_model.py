@@ -11,9 +11,7 @@ class RestorerModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from oldphoto.model.engine import Restorer
         from oldphoto.models import load_restorer
-        from oldphoto.runtime import keep_freed_memory
 
-        keep_freed_memory()  # as oldphoto's own workers run the engine: 20-35% faster on a CPU (BENCHMARKS.md)
         self.restorer = Restorer(load_restorer(context.artifacts["bundle"]))
 
     # Annotated with a type MLflow infers no signature from: without a hint it prints advice to add one.

@@ -36,7 +36,6 @@ from oldphoto import storage
 from oldphoto.images import (DEFAULT_MAX_PIXELS, ArchiveImage, UnreadableImage, decode_archive, encode_archive,
                              to_rgb8)
 from oldphoto.pages import render
-from oldphoto.runtime import keep_freed_memory
 from oldphoto.settings import get_settings
 
 DEFAULT_MODEL = str(Path(oldphoto.__file__).resolve().parent / "weights" / "default.pt")  # shipped, see its card
@@ -127,7 +126,6 @@ def _loaded(model: str, device: str, precision: str, tile: int, stamp: str | Non
     # Set explicitly: Dask starts workers with OMP_NUM_THREADS=1, which torch would keep.
     if get_settings().torch_threads:
         torch.set_num_threads(get_settings().torch_threads)
-    keep_freed_memory()  # Dask's low malloc trim threshold makes every tile's buffers page-fault anew
     network = load_restorer(model)
     digest = hashlib.sha256(network.config.model_dump_json().encode())
     for name, tensor in sorted(network.state_dict().items()):
