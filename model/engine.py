@@ -7,8 +7,9 @@ part of the mask (the partial non-local block attends within the tile's latent g
 overlap, outputs are blended with weights that ramp down towards each tile's edges, so no seam
 shows. Only the tile being computed is held as float tensors; the image itself stays in its own
 dtype. Last, when the model has one, the tone correction (a colour transform and a smooth light
-field for the whole photo) predicted from thumbnails of the input and the output; and, unless asked
-to restore colour too, the original's own colours on the restored luminance (model/colour.py).
+field for the whole photo) predicted from thumbnails of the input and the output; unless asked to
+restore colour too, the original's own colours on the restored luminance (model/colour.py); and,
+when the model has one, how much of all this the photo gets (model/strength.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .blocks import luminance
 from .colour import chroma_coefficients, filter_size, keep_colours
 from .device import autocast, pick_device, pick_precision
 from .restorer import RestorerNetwork, ScratchMode
+from .strength import blend, crop_boxes
 from .tone import THUMBNAIL
 
 Span = tuple[int, int]  # start, length
@@ -144,6 +146,7 @@ class Restorer:
             out = luminance(out)
         elif colour == "keep":
             out = self._keep_colours(out, rgb[:, :h, :w], scale)
+        out = self._strength(out, rgb[:, :h, :w], mask[..., :h, :w], scale)
         out = out.permute(0, 2, 3, 1).clamp_(-1, 1).add_(1).mul_(scale / 2).round_().numpy().astype(images[0].dtype)
         seconds = (time.perf_counter() - started) / len(images)  # each image's share
         tiles = len(self._tiles(*rgb.shape[1:3]))
@@ -208,6 +211,20 @@ class Restorer:
             return out
         thumb = self._small(rgb, scale, (THUMBNAIL, THUMBNAIL)).to(self.device)
         return self.network.tone(thumb, out.to(self.device)).cpu()
+
+    def _strength(self, out: torch.Tensor, rgb: np.ndarray, mask: torch.Tensor, scale: float) -> torch.Tensor:
+        """The input plus each photo's strength of the restoration, damage filled (model/strength.py),
+        when the model has a strength."""
+        if self.network.strength is None:
+            return out
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().mul_(2 / scale).sub_(1)
+        crops = [(image[..., y : y + ch, x : x + cw], out[..., y : y + ch, x : x + cw])
+                 for y, x, ch, cw in crop_boxes(*image.shape[-2:])]
+        # B photos x K crops, each photo's crops together; gray ones judged as gray RGB.
+        inputs, outputs = (torch.stack([c[i] for c in crops], 1).flatten(0, 1).expand(-1, 3, -1, -1) for i in (0, 1))
+        with autocast(self.device, self.dtype):
+            strength = self.network.strength(inputs.to(self.device), outputs.to(self.device), photos=len(image))
+        return blend(image, out, mask.float(), strength.float().cpu(), inplace=True)
 
     def _keep_colours(self, out: torch.Tensor, rgb: np.ndarray, scale: float) -> torch.Tensor:
         """The original's colours on the restored luminance (model/colour.py)."""

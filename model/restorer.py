@@ -1,6 +1,6 @@
 """The restore path as one module: scratch detector, E_RX (VAE_A's encoder), mapping, G_Y (VAE_B's
-decoder), and the tone correction when trained; saved and loaded as a bundle of plain
-tensors and the config (safe with weights_only)."""
+decoder), and the tone correction and the restoration's strength when trained; saved and loaded as
+a bundle of plain tensors and the config (safe with weights_only)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .mapping import Mapping, latent_mask
 from .scratch import ScratchDetector
 from .stages import OPTIONAL_PARTS, ORDER, PATH, STAGES, first_yielding, sources
+from .strength import RestorationStrength
 from .tone import ToneCorrection
 from .vae import Decoder, Encoder
 
@@ -98,11 +99,16 @@ class RestorerNetwork(nn.Module):
         self.decoder = Decoder(config.vae)
         self.detail = DetailPath(config.detail) if config.detail else None
         self.tone: ToneCorrection | None = None  # applied by the engine to the whole output (model/tone.py)
+        self.strength: RestorationStrength | None = None  # and then this (model/strength.py)
         self.multiple = 2**config.vae.downsamples
 
     def with_tone(self, spatial: bool = True) -> "RestorerNetwork":
         """spatial False: the global transform only, as bundles made before the light field have it."""
         self.tone = ToneCorrection(spatial=spatial)
+        return self
+
+    def with_strength(self) -> "RestorerNetwork":
+        self.strength = RestorationStrength()
         return self
 
     def fast(self) -> "RestorerNetwork":
@@ -141,11 +147,13 @@ class RestorerNetwork(nn.Module):
 
     @classmethod
     def from_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor]) -> "RestorerNetwork":
-        """The network for inference; with the tone correction the weights carry, if any (with the
-        light field only where they have one: weights made before it have the global transform)."""
+        """The network for inference; with the tone correction and the strength the weights carry, if
+        any (the light field only where they have one: weights made before it have the global transform)."""
         network = cls(config)
         if any(k.startswith("tone.") for k in weights):
             network.with_tone(spatial=any(k.startswith("tone.field.") for k in weights))
+        if any(k.startswith("strength.") for k in weights):
+            network.with_strength()
         network.load_state_dict(weights)
         return network.eval().fast()
 
@@ -167,19 +175,19 @@ class DirectRestorer(nn.Module):
 
 
 def assemble_restorer(present: set[str], load: Callable[[str], dict[str, Any]], init: RestorerNetwork | None = None,
-                      ablation: bool = False, tone: bool = True, where: str = "the checkpoint folder") -> RestorerNetwork:
+                      ablation: bool = False, without: tuple[str, ...] = (), where: str = "the checkpoint folder") -> RestorerNetwork:
     """The restorer of one folder's stage checkpoints: present, the stages trained there; load(stage),
     a stage's saved state. Each part comes from the stage that supplies it (stages.sources); init,
     a restorer, supplies the parts that no stage there does, with its settings for them (a
     distilled path keeps its teacher's detector and threshold). ablation: the ablation's path
-    beside the detector. tone False: without the tone correction."""
-    chosen = sources(present, ablation, tone)
+    beside the detector. without: optional parts to leave out."""
+    chosen = sources(present, ablation, without)
     if not chosen and init is None:
         raise FileNotFoundError(f"{where} holds no trained stage (and no init restorer was given)")
     configs = {name: ModelConfig.model_validate_json(load(name)["config"]) for name in set(chosen.values())}
     weights: dict[str, torch.Tensor] = {}
     part_configs: dict[str, ModelConfig] = {}
-    for part in sources(set(ORDER), ablation, tone):  # every part such a restorer can have
+    for part in sources(set(ORDER), ablation, without):  # every part such a restorer can have
         if part in chosen:
             module, prefix = STAGES[chosen[part]].parts[part]
             state = load(chosen[part])["trainer"]["modules"][module]

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 # The parts of the restore path, as RestorerNetwork names them: the scratch detector, E_RX (VAE_A's
-# encoder), the latent mapping, G_Y (VAE_B's decoder), the detail path past the latent and the tone
-# correction of the output. A restorer may go without the optional ones.
-PARTS = ("scratch", "encoder", "mapping", "decoder", "detail", "tone")
+# encoder), the latent mapping, G_Y (VAE_B's decoder), the detail path past the latent, the tone
+# correction of the output and the strength of the whole restoration, in the order they apply. A
+# restorer may go without the optional ones.
+PARTS = ("scratch", "encoder", "mapping", "decoder", "detail", "tone", "strength")
 PATH = ("encoder", "mapping", "decoder")
-OPTIONAL_PARTS = ("detail", "tone")
+OPTIONAL_PARTS = ("detail", "tone", "strength")
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,10 @@ class Stage:
     # restorer part -> (the trainer's module that holds it, the prefix of the part's weights in it)
     parts: dict[str, tuple[str, str]]
     needs: tuple[str, ...] = ("pairs",)  # batches: "pairs" (synthetic), "real" (real old photographs)
-    # vaes: VAE_A and VAE_B of the same folder, frozen; restorer: the restore path of the stages before
-    # it (init standing in for those missing), frozen, without tone; init: the init restorer when
-    # given (a detector or an encoder to fine-tune); teacher: the init restorer, which must be given.
+    # vaes: VAE_A and VAE_B of the same folder, frozen; restorer: the restorer of the stages before
+    # it (init standing in for those missing), frozen, without the parts applied after its own; init:
+    # the init restorer when given (a detector or an encoder to fine-tune); teacher: the init
+    # restorer, which must be given.
     starts_from: Literal["vaes", "restorer", "init", "teacher"] | None = None
     optional: bool = False  # a folder may lack it (trained before the stage existed): the restorer goes without
     default: bool = True  # trained by `oldphoto train` when no stages are named
@@ -56,6 +58,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
               "widened where the config's detail is wider)"),
     Stage("tone", "ToneTrainer", {"tone": ("tone", "")}, starts_from="restorer", optional=True,
           doc="colour transform and light field of the restored photo (goes on from the init's where it has one)"),
+    Stage("strength", "StrengthTrainer", {"strength": ("strength", "")}, starts_from="restorer", optional=True, default=False,
+          doc="how much of the restoration each photo gets, judged from crops of it and of the restorer's output"),
     Stage("direct", "DirectTrainer", {p: ("network", f"{p}.") for p in (*PATH, "detail")}, default=False, ablation=True,
           doc="the ablation: the same path trained directly from degraded to clean photographs"),
 )}
@@ -69,16 +73,23 @@ def _in_restorer(stage: Stage, ablation: bool) -> bool:
     return stage.ablation == ablation or stage.name == "scratch"
 
 
-def sources(present: set[str], ablation: bool = False, tone: bool = True) -> dict[str, str]:
+def sources(present: set[str], ablation: bool = False, without: tuple[str, ...] = ()) -> dict[str, str]:
     """Which of the present stages supplies each part of the restorer: the last in ORDER that yields
     it (refine's mapping over the mapping stage's, say). ablation: the ablation's path beside the
-    detector, no tone. Parts that no present stage yields are left out."""
-    wanted = ("scratch", *PATH, "detail") if ablation else PARTS if tone else PARTS[:-1]
+    detector, no tone or strength; without: optional parts to leave out. Parts that no present stage
+    yields are left out."""
+    wanted = ("scratch", *PATH, "detail") if ablation else tuple(p for p in PARTS if p not in without)
     found: dict[str, str] = {}
     for name in ORDER:
         if name in present and _in_restorer(STAGES[name], ablation):
             found |= {part: name for part in STAGES[name].parts if part in wanted}
     return found
+
+
+def applied_after(stage: str) -> tuple[str, ...]:
+    """The optional parts applied after the last of a stage's own: a stage that starts from the
+    restorer learns on its output without them (the tone stage's restorer has no strength)."""
+    return PARTS[PARTS.index(list(STAGES[stage].parts)[-1]) + 1 :]
 
 
 def first_yielding(part: str, ablation: bool = False) -> str:

@@ -22,11 +22,13 @@ from .blocks import ResidualBlock, luminance
 from .config import ModelConfig
 from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
+from .engine import Restorer
 from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
 from .mapping import Mapping, latent_mask
 from .restorer import DetailPath, DirectRestorer, restore_with_latents
 from .scratch import ScratchDetector
 from .stages import STAGES
+from .strength import RestorationStrength, blend
 from .tone import ToneCorrection, thumbnail
 from .vae import VAE
 
@@ -494,6 +496,41 @@ class ToneTrainer(StageTrainer):
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         restored = self._restored(batch)
         return [batch["degraded"], restored, self.trained["tone"](thumbnail(batch["degraded"]), restored), batch["clean"]]
+
+
+class StrengthTrainer(StageTrainer):
+    """strength: the whole restorer frozen, run by the engine on each batch as it runs at inference
+    (detection, tone, the original's colours); the strength, from the input and that output, should
+    bring their blend to the clean photo, in mean squared error. The pairs' share of undamaged photos
+    teaches it to leave a good print alone. Goes on from the restorer's strength where it has one."""
+
+    decays = True
+
+    def build(self) -> dict[str, nn.Module]:
+        restorer = copy.deepcopy(self.frozen["restorer"])
+        strength, restorer.strength = restorer.strength, None  # the engine's output is the unblended one
+        self.engine = Restorer(restorer.float(), str(self.device), "auto")
+        return {"strength": copy.deepcopy(strength).requires_grad_(True) if strength is not None else RestorationStrength()}
+
+    def _restored(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's output and damage mask of the batch's degraded photos."""
+        images = batch["degraded"].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        with torch.autocast(self.device.type, enabled=False):  # the engine chooses its own precision (preview runs under autocast)
+            results = self.engine.restore_many(list(images))
+        restored = torch.from_numpy(np.stack([r for r, _, _ in results])).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        mask = torch.from_numpy(np.stack([m for _, m, _ in results]))[:, None].float()
+        return restored.to(self.device), mask.to(self.device)
+
+    def _blended(self, batch: Batch, strength: nn.Module) -> torch.Tensor:
+        restored, mask = self._restored(batch)
+        degraded = batch["degraded"].float()
+        return blend(degraded, restored, mask, strength(degraded, restored))
+
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
+        return {"mse": nn.functional.mse_loss(self._blended(batch, self.wrapped["strength"]), batch["clean"].float())}, []
+
+    def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
+        return [batch["degraded"], self._restored(batch)[0], self._blended(batch, self.trained["strength"]), batch["clean"]]
 
 
 def check_ranks_agree(trainer: StageTrainer) -> None:

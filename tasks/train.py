@@ -28,7 +28,7 @@ from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.device import pick_device, pick_precision
 from oldphoto.model.losses import VGGLoss
 from oldphoto.model.restorer import RestorerNetwork, assemble_restorer
-from oldphoto.model.stages import ORDER, STAGES
+from oldphoto.model.stages import ORDER, STAGES, applied_after
 from oldphoto.model.train import StageTrainer, check_ranks_agree, load_state, save_state, train_loop
 from oldphoto.model.vae import VAE
 from oldphoto.models import BUNDLE_FILE, load_restorer, read_weights
@@ -83,8 +83,8 @@ def _starting_point(stage: str, checkpoints: str, init: str | None) -> dict[str,
     """The frozen networks a stage starts from, as its declaration says (model/stages.py)."""
     match STAGES[stage].starts_from:
         case "restorer":
-            # The restorer's tone correction comes along only for the tone stage, which goes on from it.
-            return {"restorer": build_restorer(checkpoints, tone=stage == "tone", init=init)}
+            # Its own part comes along (the tone and strength stages go on from the init's where it has one).
+            return {"restorer": build_restorer(checkpoints, without=applied_after(stage), init=init)}
         case "init":
             return {"restorer": load_restorer(init)} if init else {}
         case "teacher":
@@ -248,16 +248,16 @@ def close_runs(runs: dict[str, Any], stages: list[str], tracking_uri: str) -> No
     client.set_terminated(runs["parent"])
 
 
-def build_restorer(checkpoints: str, direct: bool = False, tone: bool = True, init: str | None = None) -> RestorerNetwork:
+def build_restorer(checkpoints: str, direct: bool = False, without: tuple[str, ...] = (), init: str | None = None) -> RestorerNetwork:
     """The restorer of the stage checkpoints in one folder (model/restorer.assemble_restorer): each
     checkpoint read once, and only if needed. direct: the ablation's; init (a restorer reference)
-    supplies the parts the folder has no stage for."""
+    supplies the parts the folder has no stage for; without: optional parts to leave out."""
     @functools.cache
     def load(stage: str) -> dict[str, Any]:
         return load_state(storage.read_bytes(checkpoint_url(checkpoints, stage)))
 
     present = {stage for stage in ORDER if storage.exists(checkpoint_url(checkpoints, stage))}
-    return assemble_restorer(present, load, load_restorer(init) if init else None, direct, tone, where=checkpoints)
+    return assemble_restorer(present, load, load_restorer(init) if init else None, direct, without, where=checkpoints)
 
 
 @contextmanager

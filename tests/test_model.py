@@ -19,6 +19,7 @@ from oldphoto.model.mapping import Mapping, PartialNonLocal, latent_mask
 from oldphoto.model.engine import Restorer
 from oldphoto.model.restorer import RestorerNetwork
 from oldphoto.model.scratch import ScratchDetector
+from oldphoto.model.strength import RestorationStrength, blend, crop_boxes
 from oldphoto.model.tone import ToneCorrection, thumbnail
 from oldphoto.model.vae import VAE
 
@@ -330,3 +331,51 @@ def test_light_field_undoes_uneven_exposure_that_one_transform_cannot():
     kept = tone(thumbnail(tall), tall).detach()
     with torch.inference_mode():
         assert torch.allclose(tone(thumbnail(tall), tall.clone()), kept, atol=1e-6)
+
+
+def test_strength_leaves_the_input_or_takes_the_restoration_and_fills_damage_in_the_inputs_tone():
+    torch.manual_seed(0)
+    image = torch.full((1, 3, 40, 60), 0.2)
+    image[..., 20, 10:50] = 0.9  # a bright scratch
+    mask = torch.zeros(1, 1, 40, 60)
+    mask[..., 19:22, 10:50] = 1
+    restored = torch.full_like(image, -0.1) + 0.01 * torch.randn_like(image)  # scratch gone, but 0.3 darker
+    assert torch.allclose(blend(image, restored, torch.zeros_like(mask), torch.zeros(1)), image, atol=1e-6)
+    assert torch.allclose(blend(image, restored, mask, torch.ones(1)), restored)
+    left = blend(image, restored, mask, torch.zeros(1))
+    assert torch.allclose(left[..., 30:, :], image[..., 30:, :], atol=1e-6)  # undamaged: the input's own pixels
+    fill = left[..., 19:22, 10:50]
+    assert (fill - 0.2).abs().max() < 0.05, "the fill takes the tone around it, not the restoration's"
+    half = blend(image, restored, mask, torch.full((1,), 0.5))
+    assert torch.allclose(half[..., 30:, :], (image + restored)[..., 30:, :] / 2)
+
+
+def test_strength_is_judged_on_crops_spread_over_the_whole_photo():
+    assert crop_boxes(1, 1) == [(0, 0, 1, 1)]
+    assert crop_boxes(100, 300) == [(0, 0, 100, 256), (0, 44, 100, 256)]
+    boxes = crop_boxes(3000, 4000)
+    assert len(boxes) == 16 and (0, 0, 256, 256) in boxes and (2744, 3744, 256, 256) in boxes
+    # Each photo's crops together: the strength of a photo does not depend on the others in the batch.
+    strength = RestorationStrength().eval()
+    x, r = torch.rand(6, 3, 32, 32) * 2 - 1, torch.rand(6, 3, 32, 32) * 2 - 1
+    both = strength(x, r, photos=2)
+    assert both.shape == (2,) and torch.allclose(both[1:], strength(x[3:], r[3:], photos=1), atol=1e-6)
+
+
+def test_the_engine_applies_the_strength_and_the_bundle_carries_it():
+    torch.manual_seed(0)
+    network = RestorerNetwork(TINY).with_tone().with_strength()
+    nn.init.normal_(network.tone.head[-1].weight, std=0.05)  # a tone correction that changes the photo
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    plain = RestorerNetwork.from_weights(TINY, {k: v for k, v in network.state_dict().items() if not k.startswith("strength.")})
+    assert plain.strength is None
+    restored = Restorer(plain, precision="fp32").restore(image, scratch="off")[0]
+    assert not np.array_equal(restored, image)
+    for bias, expected in ((-30.0, image), (30.0, restored)):  # strength 0: the input; 1: the restoration
+        nn.init.constant_(network.strength.head[-1].bias, bias)
+        loaded = RestorerNetwork.from_bundle(network.bundle())
+        assert loaded.strength is not None
+        assert np.array_equal(Restorer(loaded, precision="fp32").restore(image, scratch="off")[0], expected)
+    for shape in ((1, 1, 3), (2, 2), (3, 200, 3)):  # tiny and gray photos too
+        out = Restorer(network, precision="fp32").restore(np.full(shape, 100, np.uint8))[0]
+        assert out.shape == shape

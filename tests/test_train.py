@@ -19,9 +19,9 @@ from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.restorer import RestorerNetwork, restore_with_latents
 from oldphoto.model.tone import ToneCorrection
-from oldphoto.model.stages import STAGES, sources
-from oldphoto.model.train import (DetailTrainer, DistillTrainer, MappingTrainer, RefineTrainer, StudentPath, ToneTrainer,
-                                  inherit_weights, load_state, save_state)
+from oldphoto.model.stages import STAGES, applied_after, sources
+from oldphoto.model.train import (DetailTrainer, DistillTrainer, MappingTrainer, RefineTrainer, StrengthTrainer, StudentPath,
+                                  ToneTrainer, inherit_weights, load_state, save_state)
 from oldphoto.model.vae import VAE
 
 TINY = ModelConfig.load("tiny")
@@ -59,7 +59,11 @@ def test_each_part_of_a_restorer_comes_from_the_last_stage_that_yields_it():
     assert sources(triplet) == {"scratch": "scratch", "encoder": "vae_a", "mapping": "mapping", "decoder": "vae_b"}
     assert sources(triplet | {"refine", "tone"}) == {"scratch": "scratch", "encoder": "vae_a", "mapping": "refine",
                                                      "decoder": "refine", "detail": "refine", "tone": "tone"}
-    assert "tone" not in sources(triplet | {"tone"}, tone=False)
+    assert "tone" not in sources(triplet | {"tone"}, without=("tone",))
+    assert sources(triplet | {"tone", "strength"})["strength"] == "strength"
+    # A stage that starts from the restorer learns on its output without the parts applied after its own.
+    assert applied_after("detail") == applied_after("refine") == ("tone", "strength")
+    assert applied_after("tone") == ("strength",) and applied_after("strength") == ()
     assert sources({"distill", "tone"}) == {"encoder": "distill", "mapping": "distill", "decoder": "distill",
                                             "detail": "distill", "tone": "tone"}
     assert sources({"distill", "refine"})["mapping"] == "refine"  # refine fine-tunes the distilled path
@@ -607,3 +611,30 @@ def test_a_stage_trains_from_and_checkpoints_to_s3(pairs, bucket):
     result = run_stage("scratch", config, f"{bucket}/pairs", None, f"{bucket}/ckpt")
     assert result["steps"] == 2
     assert load_state(storage.read_bytes(f"{bucket}/ckpt/scratch.pt"))["trainer"]["step"] == 2
+
+
+def test_the_strength_stage_learns_to_leave_alone_what_its_restorer_would_harm(pairs):
+    """Undamaged prints through a restorer of random weights: every one comes out worse, and the
+    strength learns to hold the restoration back."""
+    torch.manual_seed(0)
+    config = TINY.model_copy(deep=True)
+    config.train.lr, config.train.steps = 1e-2, 25
+    restorer = RestorerNetwork(TINY).with_strength()
+    torch.nn.init.constant_(restorer.scratch.out.bias, -20.0)  # a detector that marks nothing: no fills
+    trainer = StrengthTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": restorer})
+    assert trainer.engine.network.strength is None  # it learns on the unblended output
+    assert all(torch.equal(trainer.trained["strength"].state_dict()[k], v) for k, v in restorer.strength.state_dict().items())
+    batch = pair_batch(_streams(pairs), 4, 32)
+    batch["degraded"] = batch["clean"]  # prints that need no repair
+    restored, _ = trainer._restored(batch)
+    harm = torch.nn.functional.mse_loss(restored, batch["clean"]).item()
+    losses = [trainer.step(batch)["mse"] for _ in range(25)]
+    assert losses[-1] < 0.2 * harm and losses[-1] < losses[0]
+    with torch.no_grad():
+        assert float(trainer.trained["strength"](batch["degraded"], restored).max()) < 0.3
+    state = load_state(save_state(trainer.state_dict()))
+    resumed = StrengthTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": RestorerNetwork(TINY)})
+    resumed.load_state_dict(state)
+    assert resumed.step_count == 25 and np.isfinite(resumed.step(batch)["total"])
+    mixed = StrengthTrainer(config, torch.device("cpu"), torch.bfloat16, frozen={"restorer": restorer})
+    assert mixed.preview(batch).shape == (4 * 32, 4 * 32, 3)  # input | restored | blended | clean, under autocast
