@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -408,20 +409,37 @@ def exit_on_sigterm() -> Iterator[None]:
 QUIET = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "warning"}
 
 
+class _RetriesShown(logging.Filter):
+    """Prefect announces a task run's retry at INFO, which the quiet console hides: raised to WARNING,
+    so that a training stage starting again from its checkpoint, or a batch sent again, says why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING and str(record.msg).startswith("Task run failed with") and "Retry" in str(record.msg):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+RETRIES_SHOWN = _RetriesShown()
+
+
 @contextmanager
 def quiet_console(argv: Sequence[str]) -> Iterator[None]:
     """Unless -v, while a command runs flows: the libraries' INFO lines (Prefect's task runs, Dask's
     connections) stay off the console, in this process and the workers it starts, which take this
     environment; they still reach the Prefect API. Set before Prefect or Dask is imported, which is
-    when they read it; a user's own setting of either wins. `stack` is left alone: its services
-    keep their INFO logs in their log files."""
+    when they read it; a user's own setting of either wins. A task's retry is still shown (where it
+    runs in this process). `stack` is left alone: its services keep their INFO logs in their log files."""
     command = next((a for a in argv if not a.startswith("-")), None)
     quiet = command in ("synth", "restore", "evaluate", "train", "train-stage", "retrain") and not {"-v", "--verbose"} & set(argv)
     added = {k: v for k, v in QUIET.items() if k not in os.environ} if quiet else {}
     os.environ.update(added)
+    retries = logging.getLogger("prefect.task_runs")  # Prefect's logging set-up keeps a logger's filters
+    if quiet:
+        retries.addFilter(RETRIES_SHOWN)
     try:
         yield
     finally:
+        retries.removeFilter(RETRIES_SHOWN)
         for name in added:
             os.environ.pop(name, None)
 

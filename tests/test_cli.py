@@ -4,6 +4,10 @@ and default, and the values given become the config the flow receives."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from pydantic import Field
@@ -65,3 +69,35 @@ def test_quieting_the_console_leaves_the_environment_as_it_was(tmp_path):
     before = {k: os.environ.get(k) for k in ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DASK_LOGGING__DISTRIBUTED")}
     assert main(["synth", str(tmp_path / "nope"), str(tmp_path / "out"), "--count", "1"]) == 2
     assert {k: os.environ.get(k) for k in before} == before, "nothing leaks into what runs after (a stack, a scheduler)"
+
+
+def test_the_quiet_console_still_says_when_a_task_is_retried(tmp_path, prefect_api):
+    """A stage that fails and starts again from its checkpoint must not do so silently: Prefect
+    announces the retry at INFO, which the quiet console would hide."""
+    script = tmp_path / "flaky.py"
+    script.write_text(textwrap.dedent("""
+        from oldphoto.cli import quiet_console
+
+        with quiet_console(["train"]):
+            from prefect import flow, task
+
+            calls = []
+
+            @task(retries=1, retry_delay_seconds=0)
+            def flaky():
+                calls.append(1)
+                if len(calls) == 1:
+                    raise OSError("the archive's server hung up")
+                return len(calls)
+
+            @flow
+            def run():
+                return flaky()
+
+            print(run())
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"} | {"PREFECT_API_URL": prefect_api}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-2000:]
+    assert "WARNING" in done.stderr and "Retry 1/1 will start" in done.stderr and "the archive's server hung up" in done.stderr
+    assert "| INFO" not in done.stderr, "the other task-run lines stay off the console"
