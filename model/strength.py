@@ -63,7 +63,7 @@ def _box_sum(x: torch.Tensor) -> torch.Tensor:
 def tone_nearby(difference: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Per pixel, the mean of difference over the pixels nearby where keep is 1 (difference is 0
     elsewhere). Made on cells of TONE_CELL pixels, where it is smooth anyway: at full resolution it
-    took half a second of a 12 MP scan."""
+    took 0.4-0.5 s of a 12 MP scan by running sums, 0.9-1.0 s by pooling."""
     cells = [F.avg_pool2d(t, TONE_CELL, ceil_mode=True) for t in (difference, keep)]
     mean = _box_sum(cells[0]) / _box_sum(cells[1]).clamp_min(1e-3)
     return F.interpolate(mean, size=difference.shape[-2:], mode="bilinear", align_corners=False)
