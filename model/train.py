@@ -509,7 +509,7 @@ class StrengthTrainer(StageTrainer):
     def build(self) -> dict[str, nn.Module]:
         restorer = copy.deepcopy(self.frozen["restorer"])
         strength, restorer.strength = restorer.strength, None  # the engine's output is the unblended one
-        self.engine = Restorer(restorer.float(), str(self.device), "auto")
+        self.engine = Restorer(restorer, str(self.device), "auto")
         return {"strength": copy.deepcopy(strength).requires_grad_(True) if strength is not None else RestorationStrength()}
 
     def _restored(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -521,16 +521,18 @@ class StrengthTrainer(StageTrainer):
         mask = torch.from_numpy(np.stack([m for _, m, _ in results]))[:, None].float()
         return restored.to(self.device), mask.to(self.device)
 
-    def _blended(self, batch: Batch, strength: nn.Module) -> torch.Tensor:
-        restored, mask = self._restored(batch)
+    @staticmethod
+    def _blended(batch: Batch, restored: torch.Tensor, mask: torch.Tensor, strength: nn.Module) -> torch.Tensor:
         degraded = batch["degraded"].float()
         return blend(degraded, restored, mask, strength(degraded, restored))
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
-        return {"mse": nn.functional.mse_loss(self._blended(batch, self.wrapped["strength"]), batch["clean"].float())}, []
+        blended = self._blended(batch, *self._restored(batch), self.wrapped["strength"])
+        return {"mse": nn.functional.mse_loss(blended, batch["clean"].float())}, []
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
-        return [batch["degraded"], self._restored(batch)[0], self._blended(batch, self.trained["strength"]), batch["clean"]]
+        restored, mask = self._restored(batch)  # the engine once per preview, not once per column
+        return [batch["degraded"], restored, self._blended(batch, restored, mask, self.trained["strength"]), batch["clean"]]
 
 
 def check_ranks_agree(trainer: StageTrainer) -> None:
