@@ -4,7 +4,8 @@ know the clean photo and fix one thing per image:
 - tone: the best affine fit (a*Y + b) of the output's luminance to the clean photo's; the gap it
   closes is the error that fading and toning make ambiguous (issue 20's "tone gap");
 - offset: the best constant added (the mean brightness alone);
-- low / high: the error with its smooth part (a Gaussian of sigma 4 px) or its fine part removed;
+- smooth / fine error removed: the error without its smooth part (a Gaussian of sigma 4 px), or
+  without its fine part: how much of it is detail and how much is light and tone;
 - for a model with a strength (model/strength.py): its restoration at full strength, and the best
   blend of input and that restoration per photo and per 64 px cell (damage the detector marked
   taken from the restoration, as the engine fills it), the most a better strength could give.
@@ -53,7 +54,8 @@ def scores(output: np.ndarray, clean: np.ndarray) -> dict[str, float]:
     smooth = cv2.GaussianBlur(error, (0, 0), 4)
     return {"as is": psnr(output, clean), "tone": tone_fitted_psnr(output, clean),
             "offset": psnr(output + (clean - output).mean(), clean),
-            "low removed": psnr(clean + error - smooth, clean), "high removed": psnr(clean + smooth, clean)}
+            "smooth error removed": psnr(clean + error - smooth, clean),
+            "fine error removed": psnr(clean + smooth, clean)}
 
 
 def main() -> None:
