@@ -18,6 +18,7 @@ PAIRS: synthesized pairs, e.g. the evaluation's held-out set under .oldphoto/hel
 from __future__ import annotations
 
 import argparse
+import copy
 
 import cv2
 import numpy as np
@@ -68,7 +69,7 @@ def main() -> None:
     full = {}  # the same networks without their strength
     for m, restorer in restorers.items():
         if restorer.network.strength is not None:
-            network = load_restorer(m)
+            network = copy.deepcopy(restorer.network)
             network.strength = None
             full[m] = Restorer(network, "cpu", "fp32")
     rows: dict[str, list[dict[str, float]]] = {"degraded": [], **{m: [] for m in restorers}}

@@ -54,6 +54,12 @@ class Game:
     image: bool = True
 
 
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] (C x H x W or B x C x H x W) -> uint8 levels, channels last."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().byte().movedim(-3, -1).cpu().numpy()
+
+
 class StageTrainer:
     """Shared machinery: optimizers, mixed precision, state. Subclasses give build() and losses();
     what each stage trains on and yields is declared in model/stages.py."""
@@ -181,7 +187,7 @@ class StageTrainer:
             columns = self.preview_columns(batch)
         rows = torch.cat([c.float().expand(-1, 3, -1, -1) if c.shape[1] == 1 else c.float() for c in columns], dim=3)
         grid = torch.cat(list(rows), dim=1)
-        return grid.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return to_uint8(grid)
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -514,7 +520,7 @@ class StrengthTrainer(StageTrainer):
 
     def _restored(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's output and damage mask of the batch's degraded photos."""
-        images = batch["degraded"].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        images = to_uint8(batch["degraded"].float())
         with torch.autocast(self.device.type, enabled=False):  # the engine chooses its own precision (preview runs under autocast)
             results = self.engine.restore_many(list(images))
         restored = torch.from_numpy(np.stack([r for r, _, _ in results])).permute(0, 3, 1, 2).float().div(127.5).sub(1)
