@@ -9,8 +9,10 @@
   flow in the same run, without and with a Prefect API up; one 4000x3000 scan against the engine.
 - small: 2000 files of 64x64 through `oldphoto restore`, and the rerun that skips them all.
 - plan: planning a run over 100,000 keys on moto's S3 server (listing, manifest diff, batches).
+- attention: the partial non-local block of the model on one 512 tile's latent with 5-60% of it
+  damaged, and PyTorch's attention at its shapes, fused (as the block calls it) against unfused.
 
-    .venv/bin/python benchmarks/restore.py [--model REF] [--compare REF] [--part all|engine|batch|paper|bulk|startup|small|plan]
+    .venv/bin/python benchmarks/restore.py [--model REF] [--compare REF] [--part all|engine|batch|paper|bulk|startup|small|plan|attention]
                                            [--bulk-images N] [--bulk-workers W]
 """
 
@@ -402,6 +404,44 @@ def measure_plan(src: str, dst: str) -> dict:
             "todo": sum(map(len, plan["batches"])), "batches": len(plan["batches"])}
 
 
+def attention(model: str, repeats: int = 10) -> None:
+    """The partial non-local block on a 512 tile's latent (128 x 128), and the attention call inside it
+    with the same queries, keys and values: 4-D and as wide as the values (PyTorch's fused kernel,
+    as the block calls it) against the 3-D call of the block's own widths (the unfused kernel)."""
+    import torch
+    import torch.nn.functional as F
+
+    from oldphoto.models import load_restorer
+
+    def ms(run) -> float:
+        run()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        return (time.perf_counter() - started) / repeats * 1000
+
+    block = load_restorer(model).folded().mapping.global_branch
+    width, keyed = block.mu.out_channels, block.theta.out_channels
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, width, 128, 128, generator=generator).contiguous(memory_format=torch.channels_last)
+    print(f"\npartial non-local block, one 512 tile's latent (128 x 128 x {width}), keys every {block.key_stride}:")
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for share in (0.05, 0.25, 0.6):
+            mask = (torch.rand(1, 1, 128, 128, generator=generator) < share).float()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                whole = ms(lambda: block(features, mask))
+            queries = int(mask.sum())
+            keys = int((mask[0, 0, :: block.key_stride, :: block.key_stride] == 0).sum())
+            q = torch.randn(1, queries, keyed, dtype=dtype, generator=generator)
+            k = torch.randn(1, keys, keyed, dtype=dtype, generator=generator)
+            v = torch.randn(1, keys, width, dtype=dtype, generator=generator)
+            widen = (0, width - keyed)
+            fused = ms(lambda: F.scaled_dot_product_attention(F.pad(q, widen)[None], F.pad(k, widen)[None], v[None], scale=1.0))
+            unfused = ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=1.0))
+            print(f"  {precision} {share:.0%} damaged ({queries} queries, {keys} keys): block {whole:.1f} ms; "
+                  f"attention fused {fused:.1f} ms, unfused {unfused:.1f} ms ({unfused / fused:.1f}x)")
+
+
 def _jpeg(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=92)
@@ -414,7 +454,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--compare", help="engine: another model measured beside it in fp32, with the speed ratio")
-    parser.add_argument("--part", choices=["all", "engine", "batch", "paper", "bulk", "startup", "small", "plan"], default="all")
+    parser.add_argument("--part", choices=["all", "engine", "batch", "paper", "bulk", "startup", "small", "plan", "attention"], default="all")
     parser.add_argument("--bulk-images", type=int, default=64)
     parser.add_argument("--bulk-workers", type=int, default=1, help="as `oldphoto restore --workers`")
     parser.add_argument("--bulk-store", choices=["s3", "local"], default="s3", help="bulk: moto's S3 server or local folders")
@@ -443,6 +483,8 @@ def main() -> None:
         small_files(args.model)
     if args.part in ("all", "plan"):
         planning()
+    if args.part in ("all", "attention"):
+        attention(args.model)
 
 
 if __name__ == "__main__":

@@ -47,12 +47,15 @@ class DetailPath(nn.Module):
     def forward(self, image: torch.Tensor, restored: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         restored = restored.to(image.dtype)
         mask = torch.zeros_like(image[:, :1]) if mask is None else mask.to(image.dtype)
-        act = nn.functional.leaky_relu
-        full = act(self.inlet(torch.cat([image, restored, mask], 1)), 0.2)
-        half = act(self.down[0](full), 0.2)
-        quarter = act(self.middle(act(self.down[1](half), 0.2)), 0.2)
-        half = act(upsampled(self.up[0](quarter)) + half, 0.2)
-        full = act(upsampled(self.up[1](half)) + full, 0.2)
+        # In place, on tensors no backward needs: full-resolution passes are memory-bound, and fresh
+        # outputs cost a third of this path's time (measured, bf16 and fp32 on CPU).
+        def act(x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.leaky_relu_(x, 0.2)
+        full = act(self.inlet(torch.cat([image, restored, mask], 1)))
+        half = act(self.down[0](full))
+        quarter = act(self.middle(act(self.down[1](half))))
+        half = act(upsampled(self.up[0](quarter)).add_(half))
+        full = act(upsampled(self.up[1](half)).add_(full))
         keep, correction = self.outlet(full).split([1, 3], 1)
         # clamp, not a sigmoid: a print left alone keeps exactly its pixels, and zero keeps none.
         return (restored + keep.clamp(0, 1) * (image - restored) + correction).clamp(-1, 1)
