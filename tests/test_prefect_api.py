@@ -8,17 +8,20 @@ import subprocess
 import sys
 
 import psutil
+from prefect.settings.models.flows import FlowsSettings
 
 PROBE = """
 import json, httpx
+from prefect.settings import get_current_settings
 from oldphoto.prefect_api import PrefectAPI
 with PrefectAPI() as api:
     started = api._server.pid if api._server else None
     url = api.ready()
     answer = httpx.get(url + "/health").json()
+    heartbeat = get_current_settings().flows.heartbeat_frequency
 with PrefectAPI() as unused:  # left before ready(): stopped unused
     never = unused._server.pid if unused._server else None
-print(json.dumps([url, answer, started, never]))
+print(json.dumps([url, answer, started, never, heartbeat]))
 """
 
 
@@ -29,12 +32,17 @@ def probe(env: dict) -> list:
 
 
 def test_a_temporary_api_answers_when_ready_and_goes_with_the_block(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
-    url, answer, started, never = probe(env)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY")}
+    env |= {"PREFECT_HOME": str(tmp_path)}
+    url, answer, started, never, heartbeat = probe(env)
     assert url.startswith("http://127.0.0.1:") and url.endswith("/api") and answer is True
     assert started and never and not psutil.pid_exists(started) and not psutil.pid_exists(never)
+    assert heartbeat is None  # no flow run heartbeats for an API that goes with the process
+    # unless the user asks for them
+    assert probe(env | {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "45"})[4] == 45
 
 
 def test_the_configured_api_is_used_and_nothing_is_started(tmp_path, prefect_api):
-    url, answer, started, never = probe(os.environ | {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path)})
+    url, answer, started, never, heartbeat = probe(os.environ | {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path)})
     assert (url, answer, started, never) == (prefect_api, True, None, None)
+    assert heartbeat == FlowsSettings.model_fields["heartbeat_frequency"].default  # Prefect's, for a lasting server
