@@ -435,7 +435,7 @@ def attention(model: str, repeats: int = 10) -> None:
             q = torch.randn(1, queries, keyed, dtype=dtype, generator=generator)
             k = torch.randn(1, keys, keyed, dtype=dtype, generator=generator)
             v = torch.randn(1, keys, width, dtype=dtype, generator=generator)
-            widen = (0, width - keyed)
+            widen = (0, max(0, width - keyed))
             fused = ms(lambda: F.scaled_dot_product_attention(F.pad(q, widen)[None], F.pad(k, widen)[None], v[None], scale=1.0))
             unfused = ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=1.0))
             print(f"  {precision} {share:.0%} damaged ({queries} queries, {keys} keys): block {whole:.1f} ms; "
