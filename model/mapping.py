@@ -44,8 +44,8 @@ class PartialNonLocal(nn.Module):
         if not damaged.any():
             return out
         # Zeros appended to queries and keys change no dot product, and with them as wide as the
-        # values, on 4-D inputs, PyTorch takes its fused (flash) kernel: measured 3-4x faster than
-        # the unfused one on CPU, in bf16 and fp32 alike.
+        # values, on 4-D inputs, PyTorch takes its fused (flash) kernel: 2-4x faster than the
+        # unfused one on CPU, in bf16 and fp32 alike (benchmarks/restore.py --part attention).
         widen = (0, max(0, c - self.theta.out_channels))
         queries = F.pad(self.theta(features).flatten(2).transpose(1, 2), widen)  # B x N x C
         keys = F.pad(self.phi(features).flatten(2).transpose(1, 2), widen)

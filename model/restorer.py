@@ -47,8 +47,8 @@ class DetailPath(nn.Module):
     def forward(self, image: torch.Tensor, restored: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         restored = restored.to(image.dtype)
         mask = torch.zeros_like(image[:, :1]) if mask is None else mask.to(image.dtype)
-        # In place, on tensors no backward needs: full-resolution passes are memory-bound, and fresh
-        # outputs cost a third of this path's time (measured, bf16 and fp32 on CPU).
+        # In place, on tensors no backward needs: full-resolution passes are memory-bound (measured
+        # in the engine on a 12 MP photo: this path 2.57 -> 2.40 s, bf16 on CPU).
         def act(x: torch.Tensor) -> torch.Tensor:
             return nn.functional.leaky_relu_(x, 0.2)
         full = act(self.inlet(torch.cat([image, restored, mask], 1)))

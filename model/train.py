@@ -54,7 +54,6 @@ class Game:
     image: bool = True
 
 
-
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Images in [-1, 1] (C x H x W or B x C x H x W) -> uint8 levels, channels last."""
     return x.clamp(-1, 1).add(1).mul(127.5).round().byte().movedim(-3, -1).cpu().numpy()
