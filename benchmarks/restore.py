@@ -342,7 +342,7 @@ def planning(keys: int = 100_000) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from oldphoto.tasks.restore import MANIFEST_SCHEMA
+    from oldphoto.tasks.restore import MANIFEST_SCHEMA, REPORT_DIR, mask_key, thumbnail_key
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -363,9 +363,12 @@ def planning(keys: int = 100_000) -> None:
                 time.sleep(0.1)
         names = [f"box {i % 100:02d}/scan {i:06d}.jpg" for i in range(keys)]
         started = time.perf_counter()
+        # A restored key leaves its output and, as a run writes them, its thumbnail and mask in the report.
+        outputs = [f"restored/{k}" for k in names[::2]] + [
+            f"restored/{REPORT_DIR}/{name(k)}" for k in names[::2] for name in (thumbnail_key, mask_key)]
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda k: s3.put_object(Bucket="archive", Key=f"scans/{k}", Body=k.encode()), names))
-            list(pool.map(lambda k: s3.put_object(Bucket="archive", Key=f"restored/{k}", Body=b"out"), names[::2]))
+            list(pool.map(lambda k: s3.put_object(Bucket="archive", Key=k, Body=b"out"), outputs))
         from oldphoto import storage
 
         listed = storage.stamped_images("s3://archive/scans")
@@ -376,7 +379,8 @@ def planning(keys: int = 100_000) -> None:
         out = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), out, compression="zstd")
         s3.put_object(Bucket="archive", Key="restored/_manifest/manifest.parquet", Body=out.getvalue())
-        print(f"\nplanning: {keys} keys (and {keys // 2} outputs, a manifest of {keys // 2} rows) put into moto S3 in "
+        print(f"\nplanning: {keys} keys (and {keys // 2} outputs with their thumbnails and masks, a manifest of "
+              f"{keys // 2} rows) put into moto S3 in "
               f"{time.perf_counter() - started:.0f} s")
         result = subprocess.run([sys.executable, __file__, "--plan", "s3://archive/scans", "s3://archive/restored"],
                                 capture_output=True, text=True, check=True, env={**os.environ, **env})

@@ -7,6 +7,7 @@ import os
 import posixpath
 import re
 import uuid
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,17 +73,17 @@ def list_images(url: str) -> list[str]:
     return sorted(stamped_images(url))
 
 
-def stamped_images(url: str) -> dict[str, str]:
+def stamped_images(url: str, skip: Collection[str] = ()) -> dict[str, str]:
     """The image keys under url (as list_images) with a stamp of each file's version, from the listing
     alone: its size and modification time, or its ETag where the store gives one (S3). A file whose
-    stamp is unchanged has not been written since."""
-    return image_listing(url)[1]
+    stamp is unchanged has not been written since. skip: folders directly under url not to list."""
+    return image_listing(url, skip)[1]
 
 
-def image_listing(url: str) -> tuple[bool, dict[str, str]]:
-    """(whether url names a single file, stamped_images(url))."""
+def image_listing(url: str, skip: Collection[str] = ()) -> tuple[bool, dict[str, str]]:
+    """(whether url names a single file, stamped_images(url, skip))."""
     with _unreachable_as_oserror(url):
-        return _image_listing(url)
+        return _image_listing(url, frozenset(skip))
 
 
 def _stamp(info: dict) -> str:
@@ -93,12 +94,12 @@ def _stamp(info: dict) -> str:
     return f"{info.get('size')}:{mtime.timestamp() if hasattr(mtime, 'timestamp') else mtime}"
 
 
-def _image_listing(url: str) -> tuple[bool, dict[str, str]]:
+def _image_listing(url: str, skip: frozenset[str]) -> tuple[bool, dict[str, str]]:
     fs, root = filesystem(url)
     root = root.rstrip("/")
     # One listing answers it all: a folder's files, or the file itself. Asking first whether the path
     # exists and is a file costs a request each; on object storage, listings of their own.
-    found = _find(fs, root)
+    found = _find(fs, root, skip)
     if root in found:  # a file
         info = found[root] or fs.info(root)  # a local file's find names it without its details
         return True, {posixpath.basename(root): _stamp(info)} if _is_image(root) else {}
@@ -113,19 +114,23 @@ def _image_listing(url: str) -> tuple[bool, dict[str, str]]:
     return False, stamps
 
 
-def _find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict]:
-    """fs.find(root, detail=True). An object store lists a prefix in pages of 1,000 keys, each asked
-    for when the one before has come: there, the root's own level is listed first (its files and
-    subfolders), then each subfolder by a request stream of its own, side by side."""
-    if not isinstance(fs, AsyncFileSystem):
+def _find(fs: fsspec.AbstractFileSystem, root: str, skip: frozenset[str] = frozenset()) -> dict[str, dict]:
+    """fs.find(root, detail=True) without the folders named in skip directly under root. An object
+    store lists a prefix in pages of 1,000 keys, each asked for when the one before has come: there,
+    the root's own level is listed first (its files and subfolders), then each subfolder by a request
+    stream of its own, side by side."""
+    asynchronous = isinstance(fs, AsyncFileSystem)
+    if not asynchronous and not skip:
         return fs.find(root, detail=True)
-    fs.invalidate_cache(root)  # the level listing is cached by the filesystem; files may have come since
+    if asynchronous:
+        fs.invalidate_cache(root)  # the level listing is cached by the filesystem; files may have come since
     try:
         level = fs.ls(root, detail=True)
     except FileNotFoundError:
         return {}
     found = {entry["name"]: entry for entry in level if entry["type"] != "directory"}
-    folders = [entry["name"] for entry in level if entry["type"] == "directory"]
+    folders = [entry["name"] for entry in level
+               if entry["type"] == "directory" and posixpath.basename(entry["name"].rstrip("/")) not in skip]
     if folders:
         with ThreadPoolExecutor(min(16, len(folders))) as pool:
             for part in pool.map(lambda folder: fs.find(folder, detail=True), folders):

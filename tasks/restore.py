@@ -310,9 +310,10 @@ def _plan_redo(root: str, dst: str, stamps: dict[str, str], manifest: dict[str, 
 
 
 def list_outputs(dst: str) -> set[str]:
-    """The image keys under DST, in one listing (not an existence check per key)."""
+    """The image keys under DST, in one listing (not an existence check per key). The run's own
+    folders are not listed: the report holds a thumbnail and a mask for every restored key."""
     try:
-        return set(storage.stamped_images(dst))
+        return set(storage.stamped_images(dst, skip={MANIFEST_DIR, REPORT_DIR}))
     except FileNotFoundError:
         return set()
 

@@ -21,7 +21,7 @@ from oldphoto import storage
 from oldphoto.flows.restore import restore_archive
 from oldphoto.flows.runner import task_runner
 from oldphoto.images import decode_archive
-from oldphoto.tasks.restore import DEFAULT_MODEL, RestoreConfig, is_safe_key, read_manifest
+from oldphoto.tasks.restore import DEFAULT_MODEL, RestoreConfig, is_safe_key, list_outputs, read_manifest
 
 from test_archive_images import SRGB, exif_with, huge_header_png
 
@@ -117,6 +117,8 @@ def test_archive_on_s3_end_to_end(bucket, model):
     report = storage.read_bytes(f"{bucket}/restored/_report/index.html").decode()
     assert "Failures (4)" in report and "exceeds the limit" in report and "Restored (9)" in report
     assert report.count("thumbs/") == 9
+    # The plan's listing of outputs leaves out the report: a thumbnail and a mask for every restored key.
+    assert list_outputs(f"{bucket}/restored") == set(files) - set(FAILING)
 
     # a rerun skips everything; a changed input and --force are redone
     again = run(f"{bucket}/scans", f"{bucket}/restored", model=model, batch_size=5, max_pixels=10_000_000)

@@ -37,6 +37,18 @@ def test_list_images_recursively(where, tmp_path, request):
         storage.list_images(storage.join(root, "missing"))
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_listing_leaves_out_the_folders_it_is_told_to_skip(where, tmp_path, request):
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("bucket") + "/restored"
+    for key in ["a.jpg", "sub/b.jpg", "_report/thumbs/t.jpg", "_manifest/m.png", "sub/_report/c.jpg"]:
+        storage.write_bytes_atomic(storage.join(root, key), b"x")
+    assert sorted(storage.stamped_images(root, skip={"_report", "_manifest"})) == ["a.jpg", "sub/_report/c.jpg", "sub/b.jpg"]
+    assert len(storage.stamped_images(root)) == 5
+    assert storage.image_listing(storage.join(root, "a.jpg"), skip={"_report"})[0] is True
+    with pytest.raises(FileNotFoundError, match="missing"):
+        storage.stamped_images(storage.join(root, "missing"), skip={"_report"})
+
+
 def test_list_images_of_a_missing_place_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         storage.list_images(str(tmp_path / "missing"))
