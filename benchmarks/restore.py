@@ -380,20 +380,20 @@ def planning(keys: int = 100_000) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), out, compression="zstd")
         s3.put_object(Bucket="archive", Key="restored/_manifest/manifest.parquet", Body=out.getvalue())
         print(f"\nplanning: {keys} keys (and {keys // 2} outputs with their thumbnails and masks, a manifest of "
-              f"{keys // 2} rows) put into moto S3 in "
-              f"{time.perf_counter() - started:.0f} s")
+              f"{keys // 2} rows) put into moto S3 in {time.perf_counter() - started:.0f} s")
         result = subprocess.run([sys.executable, __file__, "--plan", "s3://archive/scans", "s3://archive/restored"],
                                 capture_output=True, text=True, check=True, env={**os.environ, **env})
         r = json.loads(result.stdout.splitlines()[-1])
-        # The same keys as two plain listings of bare requests, pages of 1,000 keys (S3's most), one
-        # after another, no planning. moto scans and sorts the whole bucket for every page it answers.
+        # The two prefixes as plain listings of bare requests, pages of 1,000 keys (S3's most), one after
+        # another, no planning (the report's objects included). moto scans and sorts the whole bucket
+        # for every page it answers.
         started = time.perf_counter()
         pages = sum(1 for prefix in ("scans/", "restored/")
                     for _ in s3.get_paginator("list_objects_v2").paginate(Bucket="archive", Prefix=prefix))
         listing = time.perf_counter() - started
         print(f"plan_restore over moto S3: {r['seconds']:.1f} s (target <= 60 s), peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(target <= 1536 MB); {r['skipped']} skipped unread, {r['todo']} to do in {r['batches']} batches")
-        print(f"the same keys as two plain listings of bare boto3 requests: {listing:.1f} s ({pages} pages); "
+        print(f"both prefixes as plain listings of bare boto3 requests: {listing:.1f} s ({pages} pages); "
               f"the planning, which lists each folder side by side: {r['seconds'] / listing:.2f}x of that")
     finally:
         server.terminate()
