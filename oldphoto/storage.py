@@ -114,7 +114,7 @@ def _image_listing(url: str, skip: frozenset[str]) -> tuple[bool, dict[str, str]
     return False, stamps
 
 
-def _find(fs: fsspec.AbstractFileSystem, root: str, skip: frozenset[str] = frozenset()) -> dict[str, dict]:
+def _find(fs: fsspec.AbstractFileSystem, root: str, skip: frozenset[str]) -> dict[str, dict]:
     """fs.find(root, detail=True) without the folders named in skip directly under root. An object
     store lists a prefix in pages of 1,000 keys, each asked for when the one before has come: there,
     the root's own level is listed first (its files and subfolders), then each subfolder by a request
