@@ -272,6 +272,7 @@ trivial()
 def startup(model: str) -> None:
     """Process start to exit of `oldphoto restore` on one photo, against a trivial one-task Prefect flow
     in the same run: both with the temporary API each starts, then with an API already up."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the server below runs offline
     from prefect.server.api.server import SubprocessASGIServer
 
     oldphoto = [str(Path(sys.executable).with_name("oldphoto")), "restore"]
