@@ -473,8 +473,12 @@ class DistillTrainer(StageTrainer):
 class ToneTrainer(StageTrainer):
     """tone: the restore path frozen; the tone correction of its output (from thumbnails of the
     degraded photo and the output) should bring the output to the clean photo, in mean squared error.
-    It goes on from the restorer's tone correction where that has a light field (a restore path
-    changed under it needs a fine-tune, not a new start), else it starts as the identity."""
+    The restore path is given its own detector's mask, as at inference: the output the tone
+    correction learns on is the one it corrects. It goes on from the restorer's tone correction
+    where that has a light field (a restore path changed under it needs a fine-tune, not a new
+    start), else it starts as the identity; the rate decays to zero."""
+
+    decays = True
 
     def build(self) -> dict[str, nn.Module]:
         tone = self.frozen["restorer"].tone
@@ -491,8 +495,9 @@ class ToneTrainer(StageTrainer):
         super().load_state_dict(state)
 
     def _restored(self, batch: Batch) -> torch.Tensor:
+        path = self.frozen["restorer"]
         with torch.no_grad(), self.autocast():
-            return self.frozen["restorer"](batch["degraded"], batch["mask"]).float()
+            return path(batch["degraded"], path.detect(batch["degraded"])).float()
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
         corrected = self.wrapped["tone"](thumbnail(batch["degraded"]), self._restored(batch))

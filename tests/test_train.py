@@ -177,6 +177,28 @@ def test_the_tone_stage_goes_on_from_the_restorers_tone_correction(pairs):
         assert fresh.field is not None and not fresh.head[-1].weight.any()
 
 
+def test_the_tone_stage_learns_on_the_output_restored_with_the_detectors_mask(pairs):
+    """As at inference: the restore path gets its own detector's mask, not the pair's true one; and
+    the rate decays to zero over the stage's steps."""
+    torch.manual_seed(0)
+    config = TINY.model_copy(deep=True)
+    config.train.steps = 4
+    restorer = RestorerNetwork(config).eval()
+    trainer = ToneTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": restorer})
+    batch = pair_batch(_streams(pairs), 2, 32)
+    detected = restorer.detect(batch["degraded"])
+    batch["mask"] = 1 - detected  # a true mask unlike the detector's
+    with torch.no_grad():
+        wanted = restorer(batch["degraded"], detected)
+        assert not torch.allclose(wanted, restorer(batch["degraded"], batch["mask"]))
+    assert torch.allclose(trainer._restored(batch), wanted)
+    rates = []
+    for _ in range(4):
+        trainer.step(batch)
+        rates.append(trainer.optimizers["tone"].param_groups[0]["lr"])
+    assert rates[0] == config.train.lr and rates[-1] < rates[1] < rates[0]
+
+
 def test_mapping_overfits_a_fixed_batch(pairs):
     torch.manual_seed(0)
     config = TINY.model_copy(deep=True)
