@@ -262,10 +262,12 @@ def build_restorer(checkpoints: str, direct: bool = False, without: tuple[str, .
 
 @contextmanager
 def _without_mlflow_advice() -> Iterator[None]:
-    """MLflow's log_model advises the author of a pyfunc model to log it from code, in a WARNING line
+    """MLflow's log_model advises the author of a pyfunc model to log it from code, and says it could
+    not infer a signature from predict's type hint (none fits an image of any shape), in WARNING lines
     on every call: advice a user who trains can do nothing about. Its other lines pass."""
     def advice(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Passing a Python object as `python_model`")
+        return not record.getMessage().startswith(("Passing a Python object as `python_model`",
+                                                   "Failed to infer model signature"))
 
     pyfunc = logging.getLogger("mlflow.pyfunc")
     pyfunc.addFilter(advice)

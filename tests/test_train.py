@@ -552,6 +552,7 @@ def test_the_train_console_shows_the_steps_and_their_losses_and_no_mlflow_advice
     for done in runs:
         assert done.returncode == 0, done.stderr[-3000:]
         assert "type hints" not in done.stderr and "CloudPickle" not in done.stderr
+        assert "WARNING mlflow" not in done.stderr, done.stderr[-3000:]
     first, resumed = ([line for line in done.stderr.splitlines() if " steps (" in line] for done in runs)
     assert first[0].startswith("1/4 steps (total ") and "bce_dice" in first[0] and first[-1].startswith("4/4 steps")
     assert first[-1].endswith("steps/s")
