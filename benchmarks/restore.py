@@ -202,7 +202,6 @@ def bulk(model: str, count: int, workers: int, store: str = "s3") -> None:
                 Path(work, "scans", key).write_bytes(data)
             src, dst = str(Path(work, "scans")), str(Path(work, "restored"))
         os.environ.setdefault("PREFECT_HOME", str(Path(work, "prefect")))
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         from oldphoto.flows.restore import restore_archive
         from oldphoto.flows.runner import LOCAL_CLUSTER_CONFIG, task_runner
         from oldphoto.prefect_api import prefect_api
@@ -272,7 +271,6 @@ trivial()
 def startup(model: str) -> None:
     """Process start to exit of `oldphoto restore` on one photo, against a trivial one-task Prefect flow
     in the same run: both with the temporary API each starts, then with an API already up."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the server below runs offline
     from prefect.server.api.server import SubprocessASGIServer
 
     oldphoto = [str(Path(sys.executable).with_name("oldphoto")), "restore"]
@@ -281,8 +279,7 @@ def startup(model: str) -> None:
         small.mkdir(), large.mkdir()
         (small / "photo.jpg").write_bytes(_jpeg(scratched_photo(500, 500)))
         (large / "scan.jpg").write_bytes(_jpeg(scratched_photo(3000, 4000)))
-        env = {"OLDPHOTO_HOME": str(Path(work, "home")), "PREFECT_HOME": str(Path(work, "prefect")),
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {"OLDPHOTO_HOME": str(Path(work, "home")), "PREFECT_HOME": str(Path(work, "prefect"))}
         env_no_api = env | {"PREFECT_API_URL": ""}
         _wall([sys.executable, "-c", TRIVIAL_FLOW], env_no_api)  # first runs create databases, caches
         _wall(oldphoto + [str(small), str(Path(work, "warm")), "--model", model], env_no_api)
@@ -321,8 +318,7 @@ def small_files(model: str, count: int = 2000) -> None:
             out = io.BytesIO()
             Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(out, format="PNG")
             (folder / f"{i:05d}.png").write_bytes(out.getvalue())
-        env = {"OLDPHOTO_HOME": str(Path(work, "home")), "PREFECT_HOME": str(Path(work, "prefect")),
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
+        env = {"OLDPHOTO_HOME": str(Path(work, "home")), "PREFECT_HOME": str(Path(work, "prefect")), "PREFECT_API_URL": ""}
         # Prefect's database is created once per PREFECT_HOME (seconds): as on a user's machine, before.
         trivial = _wall([sys.executable, "-c", TRIVIAL_FLOW], env)
         first = _wall(oldphoto + [str(src), str(Path(work, "dst")), "--model", model], env)
@@ -466,6 +462,8 @@ def main() -> None:
     parser.add_argument("--measure", nargs=3, metavar=("H", "W", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--plan", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Every Prefect server the parts start, in this process or the ones they run (_wall), offline as oldphoto's.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if args.plan:
         print(json.dumps(measure_plan(*args.plan)))
         return
