@@ -110,14 +110,20 @@ class ModelConfig(_Strict):
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     detail: int = Field(0, ge=0, description="width of the detail path, which carries the photo's full resolution "
                         "past the latent to the output (model/restorer.py); 0: none, as restorers before it")
+    tone: int = Field(32, ge=1, description="width of the tone correction's thumbnail features (model/tone.py); "
+                      "its head is twice as wide")
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_serializer(mode="wrap")
-    def _without_an_absent_detail_path(self, serialize):
-        # Configs from before the detail path keep their JSON, and so their checkpoint folders' names.
+    def _without_fields_at_their_first_value(self, serialize):
+        # Configs from before the detail path and the tone width keep their JSON, and so their
+        # checkpoint folders' names.
         data = serialize(self)
-        if isinstance(data, dict) and not self.detail:
-            data.pop("detail", None)
+        if isinstance(data, dict):
+            if not self.detail:
+                data.pop("detail", None)
+            if self.tone == 32:
+                data.pop("tone", None)
         return data
 
     @classmethod

@@ -107,7 +107,7 @@ class RestorerNetwork(nn.Module):
 
     def with_tone(self, spatial: bool = True) -> "RestorerNetwork":
         """spatial False: the global transform only, as bundles made before the light field have it."""
-        self.tone = ToneCorrection(spatial=spatial)
+        self.tone = ToneCorrection(self.config.tone, 2 * self.config.tone, spatial=spatial)
         return self
 
     def with_strength(self) -> "RestorerNetwork":
@@ -208,5 +208,6 @@ def assemble_restorer(present: set[str], load: Callable[[str], dict[str, Any]], 
     base = next((configs[chosen[p]] for p in ("scratch", *PATH, "tone") if p in chosen), None) or init.config
     path = part_configs["encoder"]
     config = base.model_copy(update={"scratch": part_configs["scratch"].scratch, "vae": path.vae, "mapping": path.mapping,
-                                     "detail": part_configs["detail"].detail if "detail" in part_configs else 0})
+                                     "detail": part_configs["detail"].detail if "detail" in part_configs else 0,
+                                     "tone": part_configs["tone"].tone if "tone" in part_configs else base.tone})
     return RestorerNetwork.from_weights(config, weights)

@@ -475,15 +475,16 @@ class ToneTrainer(StageTrainer):
     degraded photo and the output) should bring the output to the clean photo, in mean squared error.
     The restore path is given its own detector's mask, as at inference: the output the tone
     correction learns on is the one it corrects. It goes on from the restorer's tone correction
-    where that has a light field (a restore path changed under it needs a fine-tune, not a new
-    start), else it starts as the identity; the rate decays to zero."""
+    where that has a light field and the config's width (a restore path changed under it needs a
+    fine-tune, not a new start), else it starts as the identity; the rate decays to zero."""
 
     decays = True
 
     def build(self) -> dict[str, nn.Module]:
-        tone = self.frozen["restorer"].tone
-        return {"tone": copy.deepcopy(tone).requires_grad_(True) if tone is not None and tone.field is not None
-                else ToneCorrection()}
+        tone, width = self.frozen["restorer"].tone, self.config.tone
+        if tone is not None and tone.field is not None and tone.features[0].out_channels == width:
+            return {"tone": copy.deepcopy(tone).requires_grad_(True)}
+        return {"tone": ToneCorrection(width, 2 * width)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         tone = state["modules"]["tone"]

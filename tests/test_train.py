@@ -177,6 +177,26 @@ def test_the_tone_stage_goes_on_from_the_restorers_tone_correction(pairs):
         assert fresh.field is not None and not fresh.head[-1].weight.any()
 
 
+def test_a_tone_correction_of_another_width_starts_anew_and_the_restorer_carries_its_width(pairs):
+    """A config asking for a wider tone correction than the restorer's gets a new one at the
+    identity, of that width; the restorer built from the stage has it, and so does its bundle."""
+    from oldphoto.model.restorer import assemble_restorer
+
+    torch.manual_seed(0)
+    config = TINY.model_copy(update={"tone": 48}, deep=True)
+    path = RestorerNetwork(TINY).with_tone().eval()
+    trainer = ToneTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+    tone = trainer.trained["tone"]
+    assert tone.features[0].out_channels == 48 and tone.head[0].out_features == 96 and not tone.head[-1].weight.any()
+    trainer.step(pair_batch(_streams(pairs), 2, 32))
+    states = {"tone": {"config": config.model_dump_json(), "trainer": trainer.state_dict()}}
+    restorer = assemble_restorer({"tone"}, states.__getitem__, init=path)
+    assert restorer.config.tone == 48 and restorer.tone.features[0].out_channels == 48
+    again = RestorerNetwork.from_bundle(restorer.bundle())
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in restorer.state_dict().items() if k.startswith("tone."))
+    assert "tone" not in json.loads(TINY.model_dump_json())  # configs from before it keep their JSON
+
+
 def test_the_tone_stage_learns_on_the_output_restored_with_the_detectors_mask(pairs):
     """As at inference: the restore path gets its own detector's mask, not the pair's true one; and
     the rate decays to zero over the stage's steps."""
