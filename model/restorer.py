@@ -107,7 +107,7 @@ class RestorerNetwork(nn.Module):
 
     def with_tone(self, spatial: bool = True) -> "RestorerNetwork":
         """spatial False: the global transform only, as bundles made before the light field have it."""
-        self.tone = ToneCorrection(self.config.tone, 2 * self.config.tone, spatial=spatial)
+        self.tone = ToneCorrection(self.config.tone, spatial=spatial)
         return self
 
     def with_strength(self) -> "RestorerNetwork":

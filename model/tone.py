@@ -34,8 +34,9 @@ def channel_statistics(thumb: torch.Tensor) -> torch.Tensor:
 
 
 class ToneCorrection(nn.Module):
-    def __init__(self, channels: int = 32, hidden: int = 64, spatial: bool = True):
+    def __init__(self, channels: int = 32, spatial: bool = True):
         super().__init__()
+        hidden = 2 * channels
         self.features = nn.Sequential(  # 64 x 64 thumbnails -> an 8 x 8 grid of features
             nn.Conv2d(6, channels, 3, 2, 1), nn.ReLU(inplace=True),
             nn.Conv2d(channels, 2 * channels, 3, 2, 1), nn.ReLU(inplace=True),

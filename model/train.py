@@ -484,7 +484,7 @@ class ToneTrainer(StageTrainer):
         tone, width = self.frozen["restorer"].tone, self.config.tone
         if tone is not None and tone.field is not None and tone.features[0].out_channels == width:
             return {"tone": copy.deepcopy(tone).requires_grad_(True)}
-        return {"tone": ToneCorrection(width, 2 * width)}
+        return {"tone": ToneCorrection(width)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         tone = state["modules"]["tone"]
