@@ -122,7 +122,7 @@ class ModelConfig(_Strict):
         if isinstance(data, dict):
             if not self.detail:
                 data.pop("detail", None)
-            if self.tone == 32:
+            if self.tone == type(self).model_fields["tone"].default:
                 data.pop("tone", None)
         return data
 
