@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -24,6 +25,12 @@ os.environ.update({
     "AWS_EC2_METADATA_DISABLED": "true",
 })
 os.environ.pop("PREFECT_API_URL", None)
+
+
+def pytest_unconfigure(config):
+    """The run's state goes with it: the session's Prefect API and Dask cluster are down by now."""
+    shutil.rmtree(_STATE, ignore_errors=True)
+
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLES = Path(__file__).resolve().parents[1] / "oldphoto" / "samples"
