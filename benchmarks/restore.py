@@ -271,6 +271,7 @@ trivial()
 def startup(model: str) -> None:
     """Process start to exit of `oldphoto restore` on one photo, against a trivial one-task Prefect flow
     in the same run: both with the temporary API each starts, then with an API already up."""
+    import pyarrow.parquet as pq
     from prefect.server.api.server import SubprocessASGIServer
 
     oldphoto = [str(Path(sys.executable).with_name("oldphoto")), "restore"]
@@ -300,8 +301,6 @@ def startup(model: str) -> None:
             server.stop()
         engine_alone = json.loads(subprocess.run([sys.executable, __file__, "--measure", "3000", "4000", "auto", "--model", model],
                                                  capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-        import pyarrow.parquet as pq
-
         inside = pq.read_table(Path(work, "scanout", "_manifest", "manifest.parquet")).column("seconds")[0].as_py()
         print(f"one 4000x3000 JPEG scan, API up: CLI {scan:.2f} s, process start to exit; engine alone "
               f"{engine_alone['seconds']:.2f} s ({engine_alone['precision']}); difference {scan - engine_alone['seconds']:+.2f} s "
