@@ -289,8 +289,9 @@ def test_damage_on_an_enlarged_print_is_found_as_on_the_print_itself():
 def test_the_shipped_model_leaves_a_good_print_nearly_as_it_was():
     """Do no harm: clean photographs come back close to themselves. The strength gives them back
     nearly untouched; without it the detail path still keeps them; the bare restore path smooths
-    them (measured on these crops: 40 dB to unchanged and SSIM 0.999 or more with both, 36-44 dB and
-    0.99 with the detail path alone, 22-29 dB and 0.77-0.88 with neither)."""
+    them. The detail path is judged without the tone correction, which moves both (measured on
+    these crops: 40 dB to unchanged and SSIM 0.997 or more as shipped; 30.7-38.4 dB and 0.979-0.995
+    with the detail path alone; 22.9-28.3 dB and 0.77-0.91 with neither)."""
     import copy
 
     from oldphoto.model.metrics import quality
@@ -299,7 +300,7 @@ def test_the_shipped_model_leaves_a_good_print_nearly_as_it_was():
 
     network = load_restorer(DEFAULT_MODEL)
     detail_only = copy.deepcopy(network)
-    detail_only.strength = None
+    detail_only.strength = detail_only.tone = None
     bare = copy.deepcopy(detail_only)
     bare.detail = None
     for name in ("camera.jpg", "chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"):
