@@ -10,7 +10,8 @@ Methods, each scored against the clean photograph of every pair:
   compare          optionally a second restorer the same way (the champion, or an ablation)
 
 And the clean pass-through of each restorer: the clean photograph itself restored and scored against
-itself (a restorer must leave a good print nearly as it is), with the share of it marked as damaged.
+itself (a restorer must leave a good print nearly as it is), with the share of it marked as damaged;
+and again in gray, as most of an archive's good prints are black and white.
 """
 
 from __future__ import annotations
@@ -126,11 +127,14 @@ def evaluate_shard(shard: str, config: EvaluateConfig) -> dict[str, Any]:
         if config.compare:
             outputs["compare"] = _restore(config.compare, config, degraded)[0]
         passthrough = {}
+        gray = cv2.cvtColor(clean, cv2.COLOR_RGB2GRAY)  # as synth makes its gray samples
         for name, model in (("model", config.model), ("compare", config.compare)):
-            if model:
-                passed, marked, _ = _restore(model, config, clean)
-                passthrough |= {f"{name}.passthrough.{k}": v for k, v in quality(passed, clean).items()}
-                passthrough[f"{name}.passthrough.marked"] = float(marked.mean())
+            if not model:
+                continue
+            for label, photo in ((name, clean), (f"{name}.gray", gray)):
+                passed, marked, _ = _restore(model, config, photo)
+                passthrough |= {f"{label}.passthrough.{k}": v for k, v in quality(passed, photo).items()}
+                passthrough[f"{label}.passthrough.marked"] = float(marked.mean())
         counts = _mask_counts(mask, truth)
         f1 = mask_scores_from_counts(*counts.values())["f1"]
         for factor in config.mask_scales:
@@ -190,7 +194,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     for kind in kinds if (subset := [r for r in rows if kind in r["ops"]])},
         "model_megapixels_per_second": sum(r["pixels"] for r in rows) / 1e6 / max(1e-9, sum(r["model_seconds"] for r in rows)),
         "model_ran_on": ", ".join(sorted({r["model_ran_on"] for r in rows})),
-        "passthrough": {name: _passthrough(rows, name) for name in ("model", "compare")
+        "passthrough": {name: _passthrough(rows, name) for name in ("model", "model.gray", "compare", "compare.gray")
                         if f"{name}.passthrough.psnr_y" in rows[0]},
     }
 
@@ -229,9 +233,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
              "Y-PSNR by degradation kind (pairs whose recipe applied it):", "",
              tabulate(kinds, ["kind", "pairs", *methods], "github", disable_numparse=True)]
     if summary.get("passthrough"):
-        passed = [[name, f"{p['psnr_y']:.2f}", f"{p['psnr_y_worst']:.2f}", f"{p['ssim_y']:.4f}", f"{p['ssim_y_worst']:.4f}",
+        passed = [[name.replace(".gray", ", in gray"), f"{p['psnr_y']:.2f}", f"{p['psnr_y_worst']:.2f}", f"{p['ssim_y']:.4f}", f"{p['ssim_y_worst']:.4f}",
                    f"{100 * p['marked']:.2f}%"] for name, p in summary["passthrough"].items()]
-        lines += ["", "Clean pass-through (each pair's clean photograph restored, scored against itself):", "",
+        lines += ["", "Clean pass-through (each pair's clean photograph restored, scored against itself; and in gray):", "",
                   tabulate(passed, ["restorer", "Y-PSNR", "worst", "SSIM (Y)", "worst", "marked as damaged"], "github",
                            disable_numparse=True)]
     if "lpips" not in metrics:

@@ -74,7 +74,7 @@ def test_clean_pass_through_is_summarized_by_mean_and_worst_with_unchanged_photo
         r |= {"model.passthrough.psnr_y": psnr_y, "model.passthrough.ssim_y": ssim_y, "model.passthrough.psnr_rgb": psnr_y,
               "model.passthrough.ssim_rgb": ssim_y, "model.passthrough.marked": marked}
     summary = summarize(rows)
-    assert list(summary["passthrough"]) == ["model"]  # no compared restorer
+    assert list(summary["passthrough"]) == ["model"]  # no compared restorer, no gray rows
     assert summary["passthrough"]["model"] == pytest.approx({"psnr_y": (30 + 100 + 26) / 3, "psnr_y_worst": 26.0,
                                                              "ssim_y": 0.9, "ssim_y_worst": 0.8,
                                                              "psnr_rgb": (30 + 100 + 26) / 3, "marked": 0.01})
@@ -115,11 +115,14 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
         scores = [quality(restored, p["clean"]) for (restored, _, _), p in zip(outputs, pairs)]
         for metric in ("psnr_y", "ssim_y", "psnr_rgb"):
             assert result["methods"][method][metric] == pytest.approx(np.mean([s[metric] for s in scores]), abs=1e-3)
-        # Its clean pass-through: the clean photographs restored, against themselves.
-        passed = [engine.restore(p["clean"]) for p in pairs]
-        psnrs = [quality(restored, p["clean"])["psnr_y"] for (restored, _, _), p in zip(passed, pairs)]
-        expected = {"psnr_y": np.mean(psnrs), "psnr_y_worst": min(psnrs), "marked": np.mean([m.mean() for _, m, _ in passed])}
-        assert {k: result["passthrough"][method][k] for k in expected} == pytest.approx(expected, abs=1e-3)
+        # Its clean pass-through: the clean photographs restored, against themselves; and in gray.
+        for row, photos in ((method, [p["clean"] for p in pairs]),
+                            (f"{method}.gray", [cv2.cvtColor(p["clean"], cv2.COLOR_RGB2GRAY) for p in pairs])):
+            passed = [engine.restore(photo) for photo in photos]
+            psnrs = [quality(restored, photo)["psnr_y"] for (restored, _, _), photo in zip(passed, photos)]
+            expected = {"psnr_y": np.mean(psnrs), "psnr_y_worst": min(psnrs), "marked": np.mean([m.mean() for _, m, _ in passed])}
+            assert {k: result["passthrough"][row][k] for k in expected} == pytest.approx(expected, abs=1e-3), row
+        assert result["passthrough"][f"{method}.gray"] != result["passthrough"][method]
     masks, truths = np.concatenate([m.ravel() for _, m, _ in outputs]), np.concatenate([p["mask"].ravel() for p in pairs])
     counts = [int((masks & truths).sum()), int((masks & ~truths).sum()), int((~masks & truths).sum())]
     assert min(counts) > 0, counts  # the model's mask is neither empty nor everything
@@ -156,7 +159,9 @@ def test_evaluation_on_a_heldout_set_scores_logs_and_reuses_the_set(tmp_path, cl
     assert run.data.tags["oldphoto.model_ran_on"] == result["model_ran_on"] == ran_on
     assert f"megapixels/s ({ran_on})" in (out / "table.md").read_text()
     assert "Clean pass-through" in (out / "table.md").read_text()
+    assert "| compare, in gray " in (out / "table.md").read_text()
     assert run.data.metrics["model.passthrough.psnr_y"] == pytest.approx(result["passthrough"]["model"]["psnr_y"])
+    assert run.data.metrics["model.gray.passthrough.psnr_y"] == pytest.approx(result["passthrough"]["model.gray"]["psnr_y"])
     assert run.data.metrics["model.psnr_y"] == pytest.approx(result["methods"]["model"]["psnr_y"])
     assert run.data.metrics["mask.f1"] == pytest.approx(result["mask"]["f1"])
     assert run.data.metrics["mask.x4.f1"] == pytest.approx(result["mask_at_scale"]["x4"]["f1"])
