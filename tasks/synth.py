@@ -39,7 +39,8 @@ Crop = Annotated[Annotated[int, Field(ge=16)] | None, BeforeValidator(lambda val
 
 
 class SynthConfig(BaseModel):
-    """What a synthetic data set is made of; with the source list it determines every byte."""
+    """What a synthetic data set is made of; with the source list it determines every byte on one
+    machine (OpenCV's SIMD code, chosen per CPU, can change the last bits of pixels elsewhere)."""
 
     count: int = Field(400, gt=0, description="number of samples")
     seed: int = Field(0, ge=0, description="sample i is drawn with SeedSequence([seed, i])")
