@@ -520,8 +520,10 @@ def _before_after(before: np.ndarray, after: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+@functools.cache
 def _arrow_ready() -> None:
-    """pyarrow imports pandas on the first array it builds: 0.13 s of a one-scan run (measured)."""
+    """pyarrow imports pandas on the first array it builds: 0.13 s of a one-scan run (measured).
+    Once per process: later batches submit a call that returns at once."""
     pa.array([0])
 
 
