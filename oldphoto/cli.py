@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from . import SAMPLES, __version__
 from .options import add_options, option_values
+from .prefect_api import PrefectAPI, start_early, stop_early
 from .settings import configure, get_settings
 
 
@@ -40,9 +41,7 @@ def _settings_from(args: argparse.Namespace, **overrides):
 
 
 def synth(args: argparse.Namespace) -> int:
-    from .prefect_api import PrefectAPI
-
-    with PrefectAPI() as api:  # a temporary one starts now, beside the command's own start-up
+    with PrefectAPI() as api:  # a temporary one starting beside the command's own start-up (start_early)
         from .flows.runner import task_runner
         from .flows.synth import synthesize
         from .storage import absolute
@@ -71,9 +70,7 @@ def _model_workers(args: argparse.Namespace, config_type):
 
 
 def restore(args: argparse.Namespace) -> int:
-    from .prefect_api import PrefectAPI
-
-    with PrefectAPI() as api:  # a temporary one starts now, beside the command's own start-up
+    with PrefectAPI() as api:  # a temporary one starting beside the command's own start-up (start_early)
         from .flows.restore import restore_archive, up_to_date
         from .flows.runner import task_runner
         from .storage import absolute
@@ -96,8 +93,6 @@ def restore(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .prefect_api import PrefectAPI
-
     with PrefectAPI() as api:
         from .flows.evaluate import evaluate as evaluate_flow
         from .flows.runner import task_runner
@@ -146,8 +141,6 @@ def _stages(text: str) -> list[str]:
 
 
 def train(args: argparse.Namespace) -> int:
-    from .prefect_api import PrefectAPI
-
     with PrefectAPI() as api:
         from .flows.train import train as train_flow
         from .storage import absolute
@@ -193,8 +186,6 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def retrain(args: argparse.Namespace) -> int:
-    from .prefect_api import PrefectAPI
-
     with PrefectAPI() as api:
         from .flows.retrain import retrain as retrain_round
         from .flows.runner import task_runner
@@ -357,6 +348,7 @@ COMMANDS = {
     "review": ("a web page to accept, reject or send back each restoration under DST", _review_options),
     "stack": ("the local monitoring stack: Prefect server and worker, MLflow, Dask", _stack_options),
 }
+FLOW_COMMANDS = ("synth", "restore", "evaluate", "train", "retrain")  # those that run a Prefect flow
 
 
 @contextmanager
@@ -445,12 +437,16 @@ def quiet_console(argv: Sequence[str]) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # the `oldphoto` command itself, not a caller in Python
+    command_line = argv is None  # the `oldphoto` command itself, not a caller in Python
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in COMMANDS), "")
+    if command_line:
         _leave_without_teardown()
+        if command in FLOW_COMMANDS and not {"-h", "--help"} & set(argv):
+            start_early()
     try:
-        with quiet_console(sys.argv[1:] if argv is None else argv):
-            argv = sys.argv[1:] if argv is None else list(argv)
-            args = build_parser(next((a for a in argv if a in COMMANDS), "")).parse_args(argv)
+        with quiet_console(argv):
+            args = build_parser(command).parse_args(argv)
             try:
                 with exit_on_sigterm():
                     return _status(args.run(args))
@@ -463,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _status(128 + signal.SIGINT)
         raise
+    finally:
+        stop_early()  # if the command did not take it over
 
 
 _exit_status = 1  # what the process exits with if main does not return (an uncaught exception)
