@@ -442,14 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), "")
     if command_line:
         _leave_without_teardown()
-        if command in FLOW_COMMANDS and not {"-h", "--help"} & set(argv):
-            start_early()
     try:
-        with quiet_console(argv):
+        with quiet_console(argv), exit_on_sigterm():  # from before the temporary API's server starts
+            if command_line and command in FLOW_COMMANDS and not {"-h", "--help"} & set(argv):
+                start_early()
             args = build_parser(command).parse_args(argv)
             try:
-                with exit_on_sigterm():
-                    return _status(args.run(args))
+                return _status(args.run(args))
             except (FileNotFoundError, FileExistsError, ValueError) as error:
                 print(f"oldphoto {args.command}: error: {_reason(error)}", file=sys.stderr)
                 return _status(2)

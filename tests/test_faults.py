@@ -178,6 +178,27 @@ def test_sigterm_midway_stops_what_the_command_started_and_a_rerun_finishes(tmp_
     assert not list(dst.rglob("*.tmp*")), "no half-written files"
 
 
+def test_sigterm_during_start_up_stops_the_early_prefect_api(tmp_path, model):
+    """The command line launches its temporary Prefect API before it has even imported Prefect: a
+    SIGTERM then, while the command still starts, exits 143 and takes that server with it."""
+    src = tmp_path / "scans"
+    src.mkdir()
+    (src / "a.png").write_bytes(noise_png(0, 64, 64))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    restore = subprocess.Popen([sys.executable, "-m", "oldphoto.cli", "restore", str(src), str(tmp_path / "out"),
+                                "--model", model], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not (started := [p for p in psutil.Process(restore.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]):
+        assert restore.poll() is None and time.monotonic() < deadline, restore.stdout.read()
+        time.sleep(0.01)
+    restore.terminate()
+    output, _ = restore.communicate(timeout=120)
+    assert restore.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert not (tmp_path / "out").exists(), "stopped before the flow began"
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+
+
 def test_sigterm_swallowed_by_another_handler_still_exits_143():
     """Prefect's own handler, swapped in during a flow run, can raise where the exception gets
     rewrapped (CI saw a PydanticSerializationError). The command still exits 143, not with the
