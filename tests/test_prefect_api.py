@@ -25,8 +25,8 @@ print(json.dumps([url, answer, started, never, heartbeat]))
 """
 
 
-def probe(env: dict) -> list:
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, env=env)
+def probe(env: dict, script: str = PROBE) -> list:
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -61,15 +61,9 @@ print(json.dumps([early, taken, url, answer, psutil.pid_exists(early) if early e
 """
 
 
-def early(env: dict) -> list:
-    done = subprocess.run([sys.executable, "-c", EARLY], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])
-
-
 def test_the_server_launched_before_prefect_is_imported_is_the_one_the_command_uses(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
-    started, taken, url, answer, _ = early(env)
+    started, taken, url, answer, _ = probe(env, EARLY)
     assert started and taken == started and url.startswith("http://127.0.0.1:") and answer is True
     assert not psutil.pid_exists(started)  # gone with the block
 
@@ -78,8 +72,8 @@ def test_an_api_named_by_the_profile_stops_the_early_server_unused(tmp_path, pre
     profiles = tmp_path / "profiles.toml"
     profiles.write_text(f'active = "team"\n\n[profiles.team]\nPREFECT_API_URL = "{prefect_api}"\n')
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    started, taken, url, answer, alive = early(env | {"PREFECT_HOME": str(tmp_path), "PREFECT_PROFILES_PATH": str(profiles)})
+    started, taken, url, answer, alive = probe(env | {"PREFECT_HOME": str(tmp_path), "PREFECT_PROFILES_PATH": str(profiles)}, EARLY)
     assert started and taken is None and alive is False  # launched on the guess, stopped once Prefect said otherwise
     assert (url, answer) == (prefect_api, True)
     # With PREFECT_API_URL in the environment nothing is launched at all.
-    assert early(env | {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path)})[:3] == [None, None, prefect_api]
+    assert probe(env | {"PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path)}, EARLY)[:3] == [None, None, prefect_api]
