@@ -252,11 +252,15 @@ def cpu_seconds() -> dict[str, float]:
     return totals
 
 
-def _wall(command: list[str], env: dict | None = None) -> float:
-    """Seconds from process start to exit."""
+def _run(command: list[str], env: dict | None = None) -> tuple[float, str]:
+    """Seconds from process start to exit, and what the process wrote to stderr."""
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env={**os.environ, **(env or {})})
-    return time.perf_counter() - started
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return time.perf_counter() - started, done.stderr
+
+
+def _wall(command: list[str], env: dict | None = None) -> float:
+    return _run(command, env)[0]
 
 
 TRIVIAL_FLOW = """
@@ -327,14 +331,11 @@ def small_files(model: str, count: int = 2000) -> None:
         env = {"OLDPHOTO_HOME": str(Path(work, "home")), "PREFECT_HOME": str(Path(work, "prefect")), "PREFECT_API_URL": ""}
         # Prefect's database is created once per PREFECT_HOME (seconds): as on a user's machine, before.
         trivial = _wall([sys.executable, "-c", TRIVIAL_FLOW], env)
-        started = time.perf_counter()
-        done = subprocess.run(oldphoto + [str(src), str(Path(work, "dst")), "--model", model], check=True,
-                              capture_output=True, text=True, env={**os.environ, **env})
-        first = time.perf_counter() - started
+        first, stderr = _run(oldphoto + [str(src), str(Path(work, "dst")), "--model", model], env)
         rerun = _wall(oldphoto + [str(src), str(Path(work, "dst")), "--model", model], env)
         # The flow's last progress line ("2000/2000 images (0 failed), 116.40 images/s"): its rate from the
         # first batch on, which tells the per-image cost from the start-up and the end.
-        restoring = float(re.findall(r"images \(\d+ failed\), ([\d.]+) images/s", done.stderr)[-1])
+        restoring = float(re.findall(r"images \(\d+ failed\), ([\d.]+) images/s", stderr)[-1])
         print(f"\n{count} files of 64x64 PNG in 4 folders, `oldphoto restore`, no Prefect API running, process start "
               f"to exit: {first:.1f} s = {count / first:.0f} images/s (target >= 100), of which restoring {count / restoring:.1f} s "
               f"at {restoring:.0f} images/s (its progress lines) and the start-up and end {first - count / restoring:.1f} s; "
