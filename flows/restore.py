@@ -13,6 +13,7 @@ from prefect.logging import get_run_logger
 
 from oldphoto.progress import FlowProgress
 from oldphoto.settings import get_settings
+from oldphoto.storage import IMAGE_SUFFIXES
 from oldphoto.tasks.restore import (RestoreConfig, check_model, choose_model, clear_leftovers, fold_manifest, keep_plan,
                                     new_run_id, plan_restore, record_skipped, recorded_version, restore_batch,
                                     write_report)
@@ -37,6 +38,9 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
         check_model.submit(model, config.device, config.precision, config.tile).result()
     logger.info("%d images under %s: %d unchanged since restored with model %s, %d to do in %d batches",
                 len(keys), src, len(plan["skipped"]), version, len(keys) - len(plan["skipped"]), len(batches))
+    if plan["not_images"]:
+        logger.warning("%s: left alone, not images by their names: %s (restore reads %s)", src,
+                       ", ".join(f"{n} {s}" for s, n in plan["not_images"].items()), " ".join(sorted(IMAGE_SUFFIXES)))
 
     run_id = new_run_id()
     rows: list[dict[str, Any]] = record_skipped(dst, plan["skipped"], run_id)
@@ -57,7 +61,7 @@ def restore_archive(src: str, dst: str, config: RestoreConfig | None = None) -> 
     rows.sort(key=lambda r: r["key"])
 
     clear_leftovers(dst, [r["key"] for r in rows if r["status"] == "restored"])
-    summary = _summary(src, dst, config, version, rows, started, fold_manifest(dst))
+    summary = _summary(src, dst, config, version, rows, started, fold_manifest(dst), plan["not_images"])
     summary["report"] = write_report(dst, rows, summary)
     shown = [r for r in rows if r["status"] == "failed"] + [r for r in rows if r["status"] != "failed"][:ARTIFACT_ROWS]
     create_table_artifact([{k: r[k] for k in ("key", "status", "reason", "output_key", "seconds")} for r in shown],
@@ -84,17 +88,18 @@ def up_to_date(src: str, dst: str, config: RestoreConfig | None = None) -> dict[
         keep_plan(plan, src, dst, config, version)
         return None
     rows = sorted(record_skipped.fn(dst, plan["skipped"], new_run_id()), key=lambda r: r["key"])
-    summary = _summary(src, dst, config, version, rows, started, fold_manifest.fn(dst))
+    summary = _summary(src, dst, config, version, rows, started, fold_manifest.fn(dst), plan["not_images"])
     summary["report"] = write_report.fn(dst, rows, summary)
     return summary
 
 
 def _summary(src: str, dst: str, config: RestoreConfig, version: str, rows: list[dict[str, Any]], started: float,
-             manifest: str) -> dict[str, Any]:
+             manifest: str, not_images: dict[str, int]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     count = {s: sum(r["status"] == s for r in rows) for s in ("restored", "skipped", "failed")}
-    return {"src": src, "dst": dst, "images": len(rows), **count, "model": config.model, "model_version": version,
-            "seconds": round(seconds, 2), "images_per_second": round(count["restored"] / seconds, 3), "manifest": manifest}
+    return {"src": src, "dst": dst, "images": len(rows), **count, "not_images": not_images, "model": config.model,
+            "model_version": version, "seconds": round(seconds, 2), "images_per_second": round(count["restored"] / seconds, 3),
+            "manifest": manifest}
 
 
 def _task_slots() -> int:

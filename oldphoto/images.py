@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 200_000_000
 # Every decode here checks its own, configurable max_pixels against the header before decoding;
@@ -109,6 +109,8 @@ def decode_archive(data: bytes, key: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
                                 icc or None, tuple(float(d) for d in dpi) if dpi else None, converted, tags)
     except UnreadableImage:
         raise
+    except UnidentifiedImageError as error:  # its message names the in-memory buffer, not the input
+        raise UnreadableImage(key, "cannot decode image: not a JPEG, PNG, TIFF, BMP or WebP file") from error
     except Exception as error:  # decoders raise many types for bad data: name the input and the reason
         reason = str(error) or type(error).__name__
         raise UnreadableImage(key, f"cannot decode image: {reason}") from error

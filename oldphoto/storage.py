@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem
@@ -77,11 +78,16 @@ def stamped_images(url: str, skip: Collection[str] = ()) -> dict[str, str]:
     """The image keys under url (as list_images) with a stamp of each file's version, from the listing
     alone: its size and modification time, or its ETag where the store gives one (S3). A file whose
     stamp is unchanged has not been written since. skip: folders directly under url not to list."""
-    return image_listing(url, skip)[1]
+    return image_listing(url, skip).stamps
 
 
-def image_listing(url: str, skip: Collection[str] = ()) -> tuple[bool, dict[str, str]]:
-    """(whether url names a single file, stamped_images(url, skip))."""
+class Listing(NamedTuple):
+    single_file: bool  # url names a file, not a folder or prefix
+    stamps: dict[str, str]  # stamped_images(url, skip)
+    others: list[str]  # keys of the files whose names are not an image's: left alone, and said so
+
+
+def image_listing(url: str, skip: Collection[str] = ()) -> Listing:
     with _unreachable_as_oserror(url):
         return _image_listing(url, frozenset(skip))
 
@@ -94,24 +100,30 @@ def _stamp(info: dict) -> str:
     return f"{info.get('size')}:{mtime.timestamp() if hasattr(mtime, 'timestamp') else mtime}"
 
 
-def _image_listing(url: str, skip: frozenset[str]) -> tuple[bool, dict[str, str]]:
+def _image_listing(url: str, skip: frozenset[str]) -> Listing:
     fs, root = filesystem(url)
     root = root.rstrip("/")
     # One listing answers it all: a folder's files, or the file itself. Asking first whether the path
     # exists and is a file costs a request each; on object storage, listings of their own.
     found = _find(fs, root, skip)
     if root in found:  # a file
+        if not _is_image(root):
+            return Listing(True, {}, [posixpath.basename(root)])
         info = found[root] or fs.info(root)  # a local file's find names it without its details
-        return True, {posixpath.basename(root): _stamp(info)} if _is_image(root) else {}
+        return Listing(True, {posixpath.basename(root): _stamp(info)}, [])
     if not found and not fs.exists(root):
         raise FileNotFoundError(f"{url}: no such file, folder or prefix")
-    stamps = {}
+    stamps, others = {}, []
     for path, info in found.items():
         key = posixpath.relpath(path, root)
         # Hidden files are not photos; a key that climbs out ("..") is kept, to be refused with its reason.
-        if _is_image(key) and not any(part.startswith(".") and part != ".." for part in key.split("/")):
+        if any(part.startswith(".") and part != ".." for part in key.split("/")):
+            continue
+        if _is_image(key):
             stamps[key] = _stamp(info)
-    return False, stamps
+        else:
+            others.append(key)
+    return Listing(False, stamps, others)
 
 
 def _find(fs: fsspec.AbstractFileSystem, root: str, skip: frozenset[str]) -> dict[str, dict]:
@@ -138,8 +150,12 @@ def _find(fs: fsspec.AbstractFileSystem, root: str, skip: frozenset[str]) -> dic
     return found
 
 
+def suffix(key: str) -> str:
+    return posixpath.splitext(key)[1].lower()
+
+
 def _is_image(key: str) -> bool:
-    return posixpath.splitext(key)[1].lower() in IMAGE_SUFFIXES
+    return suffix(key) in IMAGE_SUFFIXES
 
 
 def read_bytes(url: str) -> bytes:

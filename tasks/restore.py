@@ -19,6 +19,7 @@ import posixpath
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -223,18 +224,19 @@ def is_safe_key(key: str) -> bool:
     return bool(key) and not key.startswith(("/", "\\")) and ".." not in key.replace("\\", "/").split("/")
 
 
-def list_inputs(src: str, dst: str) -> tuple[str, dict[str, str]]:
-    """(root, key -> stamp) of the images to restore: SRC may be a folder, prefix or a single file.
-    Outputs of an earlier run are left out when DST lies inside SRC."""
-    single_file, stamps = storage.image_listing(src)
-    keys = sorted(stamps)
+def list_inputs(src: str, dst: str) -> tuple[str, dict[str, str], dict[str, int]]:
+    """(root, key -> stamp, suffix -> count of the other files) of the images to restore: SRC may be a
+    folder, prefix or a single file. Outputs of an earlier run are left out when DST lies inside SRC."""
+    single_file, stamps, others = storage.image_listing(src)
     root = posixpath.dirname(src.rstrip("/")) if single_file else src
     if storage.absolute(root).rstrip("/") == storage.absolute(dst).rstrip("/"):
         raise ValueError(f"destination {dst} is the source folder: originals are never overwritten")
     inside = posixpath.relpath(storage.absolute(dst), storage.absolute(root)) if _same_store(root, dst) else ".."
     if not inside.startswith(".."):
-        keys = [k for k in keys if not (k == inside or k.startswith(inside.rstrip("/") + "/"))]
-    return root, {k: stamps[k] for k in keys}
+        def outside(key: str) -> bool:
+            return not (key == inside or key.startswith(inside.rstrip("/") + "/"))
+        stamps, others = {k: v for k, v in stamps.items() if outside(k)}, filter(outside, others)
+    return root, dict(sorted(stamps.items())), dict(sorted(Counter(storage.suffix(k) or "no suffix" for k in others).items()))
 
 
 def plan_batches(sizes: dict[str, int], max_bytes: float, max_count: int) -> list[list[str]]:
@@ -256,7 +258,7 @@ def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dic
     """What a run has to do, from two listings and the manifest, without opening any input: root,
     key -> stamp of every input, the rows of those restored earlier with this model whose output is
     still there (done), those of them known unchanged by their stamp (skipped, unless force or
-    verify), and the batches of the rest."""
+    verify), the batches of the rest, and the other files under src by suffix (not_images)."""
     made, plan = _planned.pop(_plan_key(src, dst, config, version), (0.0, None))
     if plan is not None and time.monotonic() - made < KEPT_PLAN_SECONDS:
         return plan
@@ -264,16 +266,16 @@ def plan_restore(src: str, dst: str, config: RestoreConfig, version: str) -> dic
     with ThreadPoolExecutor(max_workers=3) as pool:
         inputs, manifest, outputs = (pool.submit(list_inputs, src, dst), pool.submit(read_manifest, dst),
                                      pool.submit(lambda: set() if config.redo else list_outputs(dst)))
-        (root, stamps), manifest, outputs = inputs.result(), manifest.result(), outputs.result()
+        (root, stamps, others), manifest, outputs = inputs.result(), manifest.result(), outputs.result()
     if config.redo:
-        return _plan_redo(root, dst, stamps, manifest, config)
+        return _plan_redo(root, dst, stamps, manifest, config) | {"not_images": others}
     done = {k: r for k, r in manifest.items()
             if k in stamps and k in outputs and r["status"] in ("restored", "skipped") and r["model_version"] == version}
     skipped = {} if config.force or config.verify else {k: r for k, r in done.items() if r.get("stamp") == stamps[k]}
     todo = {k: stamp_size(stamps[k]) for k in stamps if k not in skipped}
     batches = plan_batches(todo, config.batch_megabytes * 2**20, config.batch_size)
     return {"root": root, "stamps": stamps, "done": {k: r for k, r in done.items() if k not in skipped},
-            "skipped": skipped, "batches": batches, "settings": [{}] * len(batches)}
+            "skipped": skipped, "batches": batches, "settings": [{}] * len(batches), "not_images": others}
 
 
 _planned: dict[str, tuple[float, dict[str, Any]]] = {}  # plans made before the flow started (keep_plan), taken once

@@ -79,9 +79,11 @@ def test_archive_on_s3_end_to_end(bucket, model):
     files = archive()
     for key, data in files.items():
         s3.put_object(Bucket=name, Key=f"scans/{key}", Body=data)
+    s3.put_object(Bucket=name, Key="scans/box 1/catalogue.xml", Body=b"<box/>")  # not a photograph: left alone, and said
 
     summary = run(f"{bucket}/scans", f"{bucket}/restored", model=model, batch_size=3, max_pixels=10_000_000)
     assert (summary["images"], summary["restored"], summary["failed"], summary["skipped"]) == (13, 9, 4, 0)
+    assert summary["not_images"] == {".xml": 1} and not storage.exists(f"{bucket}/restored/box 1/catalogue.xml")
 
     # originals untouched
     for key, data in files.items():
@@ -146,7 +148,8 @@ def test_single_file_and_refusals(tmp_path, model):
     assert not (tmp_path / "out2").exists(), "a bad model fails before any image is touched"
     # outputs inside the source folder are not taken for inputs on the next run
     inside = run(str(src), str(src / "restored"), model=model)
-    assert inside["images"] == 1 and run(str(src), str(src / "restored"), model=model)["images"] == 1
+    again = run(str(src), str(src / "restored"), model=model)
+    assert inside["images"] == again["images"] == 1 and again["not_images"] == {}, "nor its manifest and report for other files"
 
 
 def test_restored_pixels_fill_the_damage_and_keep_the_rest(tmp_path):
@@ -210,6 +213,7 @@ def test_the_console_shows_progress_and_the_summary_and_libraries_info_only_with
     src.mkdir()
     for i in range(3):
         (src / f"{i}.png").write_bytes(save(picture(40, 48, i), "PNG"))
+    (src / "scan 7.jp2").write_bytes(b"\x00\x00\x00\x0cjP  ")  # a format restore does not read: said, not hidden
     env = {k: v for k, v in os.environ.items() if k not in ("OLDPHOTO_DASK_ADDRESS", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
                                                              "DASK_LOGGING__DISTRIBUTED")}
     outputs = {}
@@ -220,9 +224,11 @@ def test_the_console_shows_progress_and_the_summary_and_libraries_info_only_with
         outputs[len(flags)] = done
     quiet, verbose = outputs[0], outputs[1]
     assert "3/3 images (0 failed)" in quiet.stderr
+    assert "left alone, not images by their names: 1 .jp2" in quiet.stderr
     assert "Task run" not in quiet.stderr and "distributed." not in quiet.stderr and "| INFO" not in quiet.stderr
     assert "Task run" in verbose.stderr and "| INFO" in verbose.stderr
     assert json.loads(quiet.stdout)["restored"] == 3, "the summary is the last thing printed"
+    assert json.loads(quiet.stdout)["not_images"] == {".jp2": 1}
 
 
 def test_the_report_escapes_what_the_archive_names(tmp_path):

@@ -25,10 +25,11 @@ def test_list_images_recursively(where, tmp_path, request):
     assert storage.list_images(root) == ["a.jpg", "b.PNG", "sub/c.tif", "sub/deep er/ü.jpeg"]
     assert storage.list_images(storage.join(root, "a.jpg")) == ["a.jpg"]
     # A file names itself, with the stamp its folder's listing gives it: from one listing either way.
-    single, stamps = storage.image_listing(storage.join(root, "sub/c.tif"))
+    single, stamps, _ = storage.image_listing(storage.join(root, "sub/c.tif"))
     assert single and stamps == {"c.tif": storage.stamped_images(root)["sub/c.tif"]} and stamps["c.tif"].startswith("1:")
-    assert storage.image_listing(storage.join(root, "notes.txt")) == (True, {})
+    assert storage.image_listing(storage.join(root, "notes.txt")) == (True, {}, ["notes.txt"])
     assert storage.image_listing(root)[0] is False
+    assert storage.image_listing(root).others == ["notes.txt"], "other files are named, hidden ones are not"
     storage.write_bytes_atomic(storage.join(root, "sub2/d.jpg"), b"x")
     storage.write_bytes_atomic(storage.join(root, "e.jpg"), b"x")
     assert storage.list_images(root) == ["a.jpg", "b.PNG", "e.jpg", "sub/c.tif", "sub/deep er/ü.jpeg", "sub2/d.jpg"], \
@@ -53,7 +54,7 @@ def test_list_images_of_a_missing_place_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         storage.list_images(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    assert storage.image_listing(str(tmp_path / "empty")) == (False, {})
+    assert storage.image_listing(str(tmp_path / "empty")) == (False, {}, [])
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
