@@ -339,7 +339,8 @@ def small_files(model: str, count: int = 2000) -> None:
         print(f"\n{count} files of 64x64 PNG in 4 folders, `oldphoto restore`, no Prefect API running, process start "
               f"to exit: {first:.1f} s = {count / first:.0f} images/s (target >= 100), of which restoring {count / restoring:.1f} s "
               f"at {restoring:.0f} images/s (its progress lines) and the start-up and end {first - count / restoring:.1f} s; "
-              f"the rerun, all skipped: {rerun:.2f} s (target <= 5 s); a trivial one-task flow {trivial:.2f} s")
+              f"the rerun, all skipped: {rerun:.2f} s (target <= 5 s); before them, a trivial one-task flow creating "
+              f"Prefect's database {trivial:.2f} s")
 
 
 def planning(keys: int = 100_000) -> None:
