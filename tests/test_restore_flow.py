@@ -118,6 +118,7 @@ def test_archive_on_s3_end_to_end(bucket, model):
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(path)] == ["manifest.parquet"], "parts folded"
     report = storage.read_bytes(f"{bucket}/restored/_report/index.html").decode()
     assert "Failures (4)" in report and "exceeds the limit" in report and "Restored (9)" in report
+    assert "<th>not_images</th><td>1 .xml</td>" in report
     assert report.count("thumbs/") == 9
     # The plan's listing of outputs leaves out the report: a thumbnail and a mask for every restored key.
     assert list_outputs(f"{bucket}/restored") == set(files) - set(FAILING)
