@@ -233,9 +233,11 @@ def list_inputs(src: str, dst: str) -> tuple[str, dict[str, str], dict[str, int]
         raise ValueError(f"destination {dst} is the source folder: originals are never overwritten")
     inside = posixpath.relpath(storage.absolute(dst), storage.absolute(root)) if _same_store(root, dst) else ".."
     if not inside.startswith(".."):
+        below = inside.rstrip("/") + "/"
+
         def outside(key: str) -> bool:
-            return not (key == inside or key.startswith(inside.rstrip("/") + "/"))
-        stamps, others = {k: v for k, v in stamps.items() if outside(k)}, filter(outside, others)
+            return key != inside and not key.startswith(below)
+        stamps, others = {k: v for k, v in stamps.items() if outside(k)}, [k for k in others if outside(k)]
     return root, dict(sorted(stamps.items())), dict(sorted(Counter(storage.suffix(k) or "no suffix" for k in others).items()))
 
 
