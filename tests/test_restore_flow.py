@@ -393,6 +393,28 @@ def test_a_cli_rerun_with_nothing_to_do_runs_no_flow_and_imports_no_torch(tmp_pa
     assert report.exists() and all(r["status"] == "skipped" for r in read_manifest(str(dst)).values())
 
 
+def test_the_manifest_is_written_and_read_back_without_importing_pandas(tmp_path):
+    """pyarrow imports pandas (0.4 s here) to convert Python values and to give a time its zone; the
+    manifest does neither, and its rows come back as written, times in UTC and missing values included."""
+    probe = f"""
+import sys, json
+from datetime import datetime, timezone
+from oldphoto.tasks.restore import _write_part, read_manifest
+at = datetime(2026, 12, 7, 11, 30, 0, 123456, tzinfo=timezone.utc)
+rows = [dict(key="a/ü 1.png", size=5, sha256="ab", stamp="5:1.5", status="restored", reason=None, output_key="a/ü 1.png",
+             model_name=None, model_version="v1", seconds=0.25, finished_at=at, restored_at=at, settings="{{}}", damaged=0.01),
+        dict(key="b.png", status="failed", reason='cannot decode "b"\\n', seconds=0.0, finished_at=at)]
+_write_part({str(tmp_path)!r}, "part-x.parquet", rows)
+back = read_manifest({str(tmp_path)!r})
+print(json.dumps([back["a/ü 1.png"] == rows[0], back["b.png"]["reason"], back["b.png"]["size"],
+                  back["a/ü 1.png"]["finished_at"].isoformat(), "pandas" in sys.modules]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [True, 'cannot decode "b"\n', None,
+                                                       "2026-12-07T11:30:00.123456+00:00", False]
+
+
 def test_the_plan_made_before_the_flow_is_taken_once_and_only_while_fresh(tmp_path, model, monkeypatch):
     """up_to_date's plan (work to do) is the flow's: no second listing; taken once, and not when old."""
     from oldphoto.flows.restore import up_to_date
