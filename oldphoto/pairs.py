@@ -19,7 +19,8 @@ def shard_urls(url: str) -> list[str]:
     return [storage.join(url, p.rsplit("/", 1)[-1]) for p in names]
 
 
-def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+def decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """A sample as stored (PNG bytes, JSON record), its images decoded in place."""
     row["clean"] = decode_png(row["clean"])
     row["degraded"] = decode_png(row["degraded"])
     row["mask"] = decode_png(row["mask"]) > 127
@@ -27,7 +28,8 @@ def _decoded(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _rows(shard: str) -> Iterator[dict[str, Any]]:
+def stored_rows(shard: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard as stored: images as PNG bytes."""
     fs, path = storage.filesystem(shard)
     with fs.open(path, "rb") as handle:
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=16):
@@ -36,15 +38,15 @@ def _rows(shard: str) -> Iterator[dict[str, Any]]:
 
 def read_shard(shard: str) -> list[dict[str, Any]]:
     """Every sample of one shard, decoded."""
-    return [_decoded(row) for row in _rows(shard)]
+    return [decoded(row) for row in stored_rows(shard)]
 
 
 def read_pairs(url: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """Samples of a data set as dicts with decoded images (clean, degraded: HxWx3; mask: HxW bool)."""
     seen = 0
     for shard in shard_urls(url):
-        for row in _rows(shard):
+        for row in stored_rows(shard):
             if limit is not None and seen >= limit:
                 return
             seen += 1
-            yield _decoded(row)
+            yield decoded(row)

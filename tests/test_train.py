@@ -681,3 +681,27 @@ def test_the_strength_stage_learns_to_leave_alone_what_its_restorer_would_harm(p
     assert resumed.step_count == 25 and np.isfinite(resumed.step(batch)["total"])
     mixed = StrengthTrainer(config, torch.device("cpu"), torch.bfloat16, frozen={"restorer": restorer})
     assert mixed.preview(batch).shape == (4 * 32, 4 * 32, 3)  # input | restored | blended | clean, under autocast
+
+
+def test_hard_negatives_are_the_samples_the_detector_marks_falsely(pairs, model, tmp_path):
+    """scripts/hard_negatives.py keeps a sample whose degraded photo the detector marks beyond its mask
+    over at least the share, and its clean photo as an untouched sample where that is marked so."""
+    from oldphoto.model.engine import Restorer
+    from oldphoto.models import load_restorer
+    from oldphoto.pairs import read_pairs
+
+    restorer = Restorer(load_restorer(model), "auto", "auto")
+    samples = list(read_pairs(pairs))
+    degraded = {s["sample_id"]: float((restorer.detect(s["degraded"]) & ~s["mask"]).mean()) for s in samples}
+    clean = {s["sample_id"]: float(restorer.detect(s["clean"]).mean()) for s in samples}
+    share = float(np.median(list(degraded.values())))  # some kept, some not
+    done = subprocess.run([sys.executable, "scripts/hard_negatives.py", pairs, model, str(tmp_path / "hard"), "--share", str(share)],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept = list(read_pairs(str(tmp_path / "hard")))
+    untouched = [s for s in kept if not s["record"]["ops"]]
+    assert sorted(s["sample_id"] for s in kept if s["record"]["ops"]) == sorted(i for i, v in degraded.items() if v >= share)
+    assert 0 < len(kept) - len(untouched) < len(samples)
+    assert sorted(s["sample_id"] for s in untouched) == sorted(i for i, v in clean.items() if v >= share)
+    assert all((s["degraded"] == s["clean"]).all() and not s["mask"].any() for s in untouched)
+    assert json.loads(done.stdout)["samples"] == len(samples)
