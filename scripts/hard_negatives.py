@@ -20,21 +20,16 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from oldphoto import storage
+from oldphoto.images import encode_png
 from oldphoto.model.engine import Restorer
 from oldphoto.models import load_restorer
 from oldphoto.pairs import decoded, shard_urls, stored_rows
+from oldphoto.tasks.synth import SCHEMA
 
 SHARD_SIZE = 64
 UNTOUCHED = json.dumps({"grayscale": False, "ops": []})  # as synthesis records a sample left as it is
-
-
-def _empty_mask(height: int, width: int) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(np.zeros((height, width), np.uint8)).save(out, format="PNG")
-    return out.getvalue()
 
 
 def main() -> None:
@@ -46,20 +41,16 @@ def main() -> None:
     args = parser.parse_args()
     restorer = Restorer(load_restorer(args.model), "auto", "auto")
     kept: list[dict] = []
-    schema, shards, seen, degraded_kept, clean_kept = None, 0, 0, 0, 0
+    shards, seen, degraded_kept, clean_kept = 0, 0, 0, 0
 
     def write(rows: list[dict]) -> None:
         nonlocal shards
         out = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), out, compression="zstd")
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out, compression="zstd")
         storage.write_bytes_atomic(storage.join(args.out, f"hard-negatives-{shards:05d}.parquet"), out.getvalue())
         shards += 1
 
     for url in shard_urls(args.pairs):
-        if schema is None:  # the shards' own, less their data set's fingerprint
-            fs, path = storage.filesystem(url)
-            with fs.open(path, "rb") as handle:
-                schema = pq.ParquetFile(handle).schema_arrow.remove_metadata()
         for raw in stored_rows(url):
             sample = decoded(dict(raw))
             seen += 1
@@ -67,7 +58,7 @@ def main() -> None:
                 kept.append(raw)
                 degraded_kept += 1
             if restorer.detect(sample["clean"]).mean() >= args.share:
-                kept.append(raw | {"degraded": raw["clean"], "mask": _empty_mask(*sample["clean"].shape[:2]),
+                kept.append(raw | {"degraded": raw["clean"], "mask": encode_png(np.zeros(sample["mask"].shape, np.uint8)),
                                    "record": UNTOUCHED})
                 clean_kept += 1
             while len(kept) >= SHARD_SIZE:
