@@ -170,16 +170,18 @@ def exists(url: str) -> bool:
         return fs.exists(path)
 
 
-def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write data so that url holds either its old content or all of data, never a part of it."""
+def write_bytes_atomic(url: str, data: bytes, durable: bool = True) -> None:
+    """Write data so that url holds either its old content or all of data, never a part of it.
+    durable=False leaves a local file's data to the system's write-back, as cp does: call flush()
+    before recording that the file was written."""
     with _unreachable_as_oserror(url):
-        _write_bytes_atomic(url, data)
+        _write_bytes_atomic(url, data, durable)
 
 
-def _write_bytes_atomic(url: str, data: bytes) -> None:
+def _write_bytes_atomic(url: str, data: bytes, durable: bool = True) -> None:
     fs, path = filesystem(url)
     if "file" in _protocols(fs):
-        _write_local_atomic(Path(path), data)
+        _write_local_atomic(Path(path), data, durable)
     elif _protocols(fs) & _ATOMIC_PUT_PROTOCOLS:
         fs.pipe_file(path, data)
     else:
@@ -207,7 +209,7 @@ def remove_leftovers(url: str, folders: set[str] = frozenset({""})) -> int:
     return removed
 
 
-def _write_local_atomic(path: Path, data: bytes) -> None:
+def _write_local_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created as cp creates files: mode 0666 less the umask (0644 under the usual 022), not
     # mkstemp's 0600, which would hide the outputs from everyone else on a shared archive volume.
@@ -216,9 +218,37 @@ def _write_local_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def flush(url: str) -> None:
+    """Make what was written under a local url durable: one syncfs of its filesystem on Linux, os.sync
+    elsewhere. A fsync per file costs a journal commit each: 6000 small files took 3.1-4.1 s with
+    one each, 0.7-1.3 s without and 0.15 s for one syncfs after them (ext4). Object stores have
+    nothing to flush."""
+    if not is_local(url):
+        return
+    folder = os.open(filesystem(url)[1], os.O_RDONLY)
+    try:
+        if _syncfs is None or _syncfs(folder) != 0:
+            os.sync()
+    finally:
+        os.close(folder)
+
+
+def _libc_syncfs():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_syncfs = _libc_syncfs()

@@ -404,6 +404,8 @@ def restore_batch(src: str, dst: str, keys: dict[str, str], config: RestoreConfi
                                seconds=info["seconds"])
             del todo, restored
         _settle_all(writing)
+    if any(row["status"] == "restored" for row in rows):
+        storage.flush(dst)  # the outputs were written without a flush each; durable before the manifest names them
     now = datetime.now(timezone.utc)
     for row in rows:
         row["finished_at"] = now
@@ -486,14 +488,15 @@ def _load(src: str, dst: str, key: str, stamp: str, previous: dict[str, Any] | N
 def _write_output(dst: str, key: str, image: ArchiveImage, restored: np.ndarray) -> None:
     output = ArchiveImage(restored, image.format, image.exif, image.icc_profile, image.dpi, image.converted_from,
                           image.tiff_tags)
-    storage.write_bytes_atomic(storage.join(dst, key), encode_archive(output))
+    storage.write_bytes_atomic(storage.join(dst, key), encode_archive(output), durable=False)
 
 
 def _write_report_images(dst: str, key: str, before: np.ndarray, restored: np.ndarray, mask: np.ndarray) -> None:
-    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, thumbnail_key(key)), _before_after(before, restored))
+    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, thumbnail_key(key)), _before_after(before, restored),
+                               durable=False)
     out = io.BytesIO()
     Image.fromarray(mask).save(out, format="PNG", optimize=False)  # 1 bit per pixel
-    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, mask_key(key)), out.getvalue())
+    storage.write_bytes_atomic(storage.join(dst, REPORT_DIR, mask_key(key)), out.getvalue(), durable=False)
 
 
 def _key_hash(key: str) -> str:

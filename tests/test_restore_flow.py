@@ -445,3 +445,36 @@ def test_a_run_clears_what_killed_writers_left(tmp_path, model):
     (dst / "box" / ".notes.tmp").write_text("the archivist's")  # not ours: kept
     assert run(str(src), str(dst), model=model)["restored"] == 1
     assert not leftover.exists() and (dst / "box" / ".notes.tmp").exists()
+
+
+def test_outputs_are_flushed_once_a_batch_before_the_manifest_names_them(tmp_path, model, monkeypatch):
+    """Each output is written without a flush of its own (a journal commit each); one flush of the
+    destination follows the batch's writes and comes before its manifest part."""
+    from oldphoto.tasks import restore as tasks
+
+    src, dst = tmp_path / "scans", tmp_path / "restored"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(save(picture(40, 48, i), "PNG"))
+    seen, real_flush = [], storage.flush
+
+    def flush(url):
+        seen.append((url, sorted(p.name for p in dst.iterdir()), (dst / "_manifest").exists()))
+        real_flush(url)
+
+    monkeypatch.setattr(tasks.storage, "flush", flush)
+    config = RestoreConfig(model=model)
+    rows = tasks.restore_batch.fn(str(src), str(dst), storage.stamped_images(str(src)), config, {}, "r1", 0)
+    assert [row["status"] for row in rows] == ["restored"] * 3
+    assert seen == [(str(dst), ["0.png", "1.png", "2.png", "_report"], False)], "once, after the outputs, before the manifest"
+    assert len(list((dst / "_manifest").glob("part-r1-*.parquet"))) == 1
+
+    def lost(url):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(tasks.storage, "flush", lost)
+    (src / "3.png").write_bytes(save(picture(40, 48, 3), "PNG"))
+    with pytest.raises(OSError, match="disk gone"):
+        tasks.restore_batch.fn(str(src), str(dst), {"3.png": storage.stamped_images(str(src))["3.png"]}, config, {}, "r2", 0)
+    assert not list((dst / "_manifest").glob("part-r2-*.parquet")), "an output not known durable is not recorded"
+    assert "3.png" not in read_manifest(str(dst)), "so the next run restores it again"
