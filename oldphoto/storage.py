@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import posixpath
 import re
@@ -234,18 +235,21 @@ def flush(url: str) -> None:
     nothing to flush."""
     if not is_local(url):
         return
-    folder = os.open(filesystem(url)[1], os.O_RDONLY)
+    path = filesystem(url)[1]
+    if _syncfs is None:
+        os.sync()
+        return
+    folder = os.open(path, os.O_RDONLY)
     try:
-        if _syncfs is None or _syncfs(folder) != 0:
-            os.sync()
+        if _syncfs(folder) != 0:  # a write-back error: what was written may be lost
+            error = ctypes.get_errno()
+            raise OSError(error, f"flushing {url}: {os.strerror(error)}")
     finally:
         os.close(folder)
 
 
 def _libc_syncfs():
     try:
-        import ctypes
-
         return ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):  # not Linux
         return None
