@@ -146,6 +146,9 @@ def test_writes_left_to_write_back_are_whole_and_a_flush_makes_them_durable_at_o
         storage.write_bytes_atomic(str(tmp_path / f"{i}.png"), b"photo %d" % i, durable=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png", "1.png", "2.png"], "no temporaries left"
     assert (tmp_path / "2.png").read_bytes() == b"photo 2"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "2.png").stat().st_mode) == 0o666 & ~umask, "the mode cp gives"
     storage.flush(str(tmp_path))
     storage.flush(bucket)  # an object store has nothing to flush
     if sys.platform == "linux":
