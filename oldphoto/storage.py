@@ -179,7 +179,7 @@ def write_bytes_atomic(url: str, data: bytes, durable: bool = True) -> None:
         _write_bytes_atomic(url, data, durable)
 
 
-def _write_bytes_atomic(url: str, data: bytes, durable: bool = True) -> None:
+def _write_bytes_atomic(url: str, data: bytes, durable: bool) -> None:
     fs, path = filesystem(url)
     if "file" in _protocols(fs):
         _write_local_atomic(Path(path), data, durable)
@@ -210,7 +210,7 @@ def remove_leftovers(url: str, folders: set[str] = frozenset({""})) -> int:
     return removed
 
 
-def _write_local_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+def _write_local_atomic(path: Path, data: bytes, durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created as cp creates files: mode 0666 less the umask (0644 under the usual 022), not
     # mkstemp's 0600, which would hide the outputs from everyone else on a shared archive volume.
@@ -233,9 +233,9 @@ def flush(url: str) -> None:
     elsewhere. A fsync per file costs a journal commit each: 6000 small files took 3.1-4.1 s with
     one each, 0.7-1.3 s without and 0.15 s for one syncfs after them (ext4). Object stores have
     nothing to flush."""
-    if not is_local(url):
+    fs, path = filesystem(url)
+    if "file" not in _protocols(fs):
         return
-    path = filesystem(url)[1]
     if _syncfs is None:
         os.sync()
         return
