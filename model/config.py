@@ -65,13 +65,18 @@ class LossWeights(_Strict):
     # vae_a fine-tuned from the init's E_RX: L1 of its latents of synthetic photos to E_RX's, so that
     # the mapping trained on those latents still fits while the real photos' latents move to them.
     anchor_l1: float = 0.0
+    # polish: 1 - SSIM of the output's luminance to the clean photo's, beside clean_l1. L1 alone
+    # smooths what it cannot place; SSIM rewards the structure kept (issue 20's second measure).
+    ssim: float = 0.0
 
     @model_serializer(mode="wrap")
-    def _without_unset_anchor(self, serialize):
-        # Configs from before the anchor keep their JSON, and so their checkpoint folders' names.
+    def _without_unset_terms(self, serialize):
+        # Configs from before these terms keep their JSON, and so their checkpoint folders' names.
         data = serialize(self)
-        if isinstance(data, dict) and self.anchor_l1 == 0.0:
-            data.pop("anchor_l1", None)
+        if isinstance(data, dict):
+            for name in ("anchor_l1", "ssim"):
+                if getattr(self, name) == 0.0:
+                    data.pop(name, None)
         return data
 
 

@@ -26,6 +26,21 @@ def feature_matching(fake: list[list[torch.Tensor]], real: list[list[torch.Tenso
     return total / len(fake)
 
 
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of B x 1 x H x W images on a 0-1 scale, as the evaluation computes it (model/metrics.py:
+    Wang et al.'s Gaussian window of 11 taps, sigma 1.5, and constants; the border left out), in torch."""
+    taps = torch.exp(-((torch.arange(11, device=a.device, dtype=torch.float32) - 5) ** 2) / (2 * 1.5**2))
+    taps = taps / taps.sum()
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x, taps.view(1, 1, 1, 11)), taps.view(1, 1, 11, 1))
+    a, b = a.float(), b.float()
+    c1, c2 = 0.01**2, 0.03**2
+    mean_a, mean_b = mean(a), mean(b)
+    var_a, var_b, cov = mean(a * a) - mean_a**2, mean(b * b) - mean_b**2, mean(a * b) - mean_a * mean_b
+    return ((2 * mean_a * mean_b + c1) * (2 * cov + c2) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))).mean()
+
+
 def bce_dice(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy plus soft Dice: BCE for every pixel, Dice against the rarity of damage.
     Dice is over the whole batch, not per photo: on an undamaged photo a per-photo Dice is 1 - 1/(m + 1)

@@ -29,6 +29,7 @@ class Stage:
     # the init restorer when given (a detector or an encoder to fine-tune); teacher: the init
     # restorer, which must be given.
     starts_from: Literal["vaes", "restorer", "init", "teacher"] | None = None
+    through: tuple[str, ...] = ()  # parts applied after its own that it learns through, frozen
     optional: bool = False  # a folder may lack it (trained before the stage existed): the restorer goes without
     default: bool = True  # trained by `oldphoto train` when no stages are named
     ablation: bool = False  # its restorer is itself beside the detector; never a part of the triplet's
@@ -58,6 +59,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
               "widened where the config's detail is wider)"),
     Stage("tone", "ToneTrainer", {"tone": ("tone", "")}, starts_from="restorer", optional=True,
           doc="colour transform and light field of the restored photo (goes on from the init's where it has one)"),
+    Stage("polish", "PolishTrainer", {p: ("network", f"{p}.") for p in ("mapping", "decoder", "detail")},
+          starts_from="restorer", through=("tone",), optional=True, default=False,
+          doc="mapping, G_Y and the detail path of a finished restorer fine-tuned on its output as the engine "
+              "gives it (its detector's mask, through its tone correction), in L1 and SSIM of the luminance"),
     Stage("strength", "StrengthTrainer", {"strength": ("strength", "")}, starts_from="restorer", optional=True, default=False,
           doc="how much of the restoration each photo gets, judged from crops of it and of the restorer's output"),
     Stage("direct", "DirectTrainer", {p: ("network", f"{p}.") for p in (*PATH, "detail")}, default=False, ablation=True,
@@ -87,9 +92,11 @@ def sources(present: set[str], ablation: bool = False, without: tuple[str, ...] 
 
 
 def applied_after(stage: str) -> tuple[str, ...]:
-    """The optional parts applied after the last of a stage's own: a stage that starts from the
-    restorer learns on its output without them (the tone stage's restorer has no strength)."""
-    return PARTS[PARTS.index(list(STAGES[stage].parts)[-1]) + 1 :]
+    """The optional parts applied after the last of a stage's own, less those it learns through: a
+    stage that starts from the restorer learns on its output without them (the tone stage's
+    restorer has no strength; polish's has its tone correction, but no strength)."""
+    after = PARTS[PARTS.index(list(STAGES[stage].parts)[-1]) + 1 :]
+    return tuple(part for part in after if part not in STAGES[stage].through)
 
 
 def first_yielding(part: str, ablation: bool = False) -> str:

@@ -23,7 +23,7 @@ from .config import ModelConfig
 from .device import autocast
 from .discriminators import LatentDiscriminator, MultiscaleDiscriminator
 from .engine import Restorer
-from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan
+from .losses import VGGLoss, bce_dice, feature_matching, kl_divergence, lsgan, ssim
 from .mapping import Mapping, latent_mask
 from .restorer import DetailPath, DirectRestorer, restore_with_latents
 from .scratch import ScratchDetector
@@ -66,6 +66,9 @@ class StageTrainer:
     # Cosine decay of the learning rate to zero over config.train.steps (from the step count, so a
     # resumed run follows the same schedule); the other stages keep it constant, as the paper's do.
     decays = False
+    # Batch norm keeps its running statistics (eval mode) while the weights train: a fine-tune on a
+    # few whole photos a batch would otherwise pull them away from what the path was trained with.
+    frozen_statistics = False
 
     def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype,
                  frozen: dict[str, nn.Module] | None = None, vgg: VGGLoss | None = None):
@@ -104,7 +107,7 @@ class StageTrainer:
 
     def step(self, batch: Batch) -> dict[str, float]:
         for module in self.trained.values():
-            module.train()
+            module.train(not self.frozen_statistics)
         if self.decays:
             progress = min(self.step_count / self.config.train.steps, 1.0)
             for optimizer in self.optimizers.values():
@@ -366,6 +369,32 @@ class RefineTrainer(StageTrainer):
 
     def preview_columns(self, batch: Batch) -> list[torch.Tensor]:
         return [batch["degraded"], self._restore(batch, self.trained["network"]), batch["clean"]]
+
+
+class PolishTrainer(RefineTrainer):
+    """polish: the parts refine trains, of a finished restorer, fine-tuned on its output as the engine
+    gives it: with its own detector's mask, then through its tone correction (frozen), so that the
+    path learns what the tone makes of it. L1 and SSIM of the luminance against the clean photo."""
+
+    frozen_statistics = True
+
+    def _restore(self, batch: Batch, network: nn.Module) -> torch.Tensor:
+        path = self.frozen["restorer"]
+        with torch.no_grad(), self.autocast():
+            mask = path.detect(batch["degraded"])
+            z = path.encoder(batch["degraded"])[0]
+        with self.autocast():
+            out = network(batch["degraded"], z, mask).float()
+        return out if path.tone is None else path.tone(thumbnail(batch["degraded"]), out)
+
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], list[Game]]:
+        out, clean = self._restore(batch, self.wrapped["network"]), batch["clean"].float()
+        return {"clean_l1": nn.functional.l1_loss(out, clean), "ssim": 1 - ssim(evaluated_luma(out), evaluated_luma(clean))}, []
+
+
+def evaluated_luma(image: torch.Tensor) -> torch.Tensor:
+    """BT.601 Y on a 0-1 scale of images in [-1, 1], as the evaluation measures it (model/metrics.py)."""
+    return (16 + 219 * (luminance(image) + 1) / 2) / 255
 
 
 class DetailTrainer(StageTrainer):

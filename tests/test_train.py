@@ -18,10 +18,12 @@ import torch
 from oldphoto.model.config import ModelConfig
 from oldphoto.model.data import SampleStream, pair_batch, real_batch
 from oldphoto.model.restorer import RestorerNetwork, restore_with_latents
-from oldphoto.model.tone import ToneCorrection
+from oldphoto.model import metrics
+from oldphoto.model.losses import ssim
+from oldphoto.model.tone import ToneCorrection, thumbnail
 from oldphoto.model.stages import STAGES, applied_after, sources
-from oldphoto.model.train import (DetailTrainer, DistillTrainer, MappingTrainer, RefineTrainer, StrengthTrainer, StudentPath,
-                                  ToneTrainer, inherit_weights, load_state, save_state)
+from oldphoto.model.train import (DetailTrainer, DistillTrainer, MappingTrainer, PolishTrainer, RefineTrainer, StrengthTrainer,
+                                  StudentPath, ToneTrainer, evaluated_luma, inherit_weights, load_state, save_state)
 from oldphoto.model.vae import VAE
 
 TINY = ModelConfig.load("tiny")
@@ -64,6 +66,9 @@ def test_each_part_of_a_restorer_comes_from_the_last_stage_that_yields_it():
     # A stage that starts from the restorer learns on its output without the parts applied after its own.
     assert applied_after("detail") == applied_after("refine") == ("tone", "strength")
     assert applied_after("tone") == ("strength",) and applied_after("strength") == ()
+    # polish learns through the tone correction, and its path is the one a folder with it gives.
+    assert applied_after("polish") == ("strength",)
+    assert sources(triplet | {"refine", "tone", "polish"})["mapping"] == "polish"
     assert sources({"distill", "tone"}) == {"encoder": "distill", "mapping": "distill", "decoder": "distill",
                                             "detail": "distill", "tone": "tone"}
     assert sources({"distill", "refine"})["mapping"] == "refine"  # refine fine-tunes the distilled path
@@ -116,10 +121,11 @@ def test_the_anchor_holds_vae_a_latents_of_synthetic_photos_near_the_init_encode
                                             frozen=frozen)
 
 
-@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "distill", "direct"])
+@pytest.mark.parametrize("stage", ["vae_a", "vae_b", "mapping", "scratch", "refine", "tone", "polish", "distill", "direct"])
 def test_each_stage_takes_steps_with_finite_losses(stage, pairs):
     frozen = ({"vae_a": VAE(TINY.vae), "vae_b": VAE(TINY.vae)} if stage == "mapping" else
               {"restorer": RestorerNetwork(TINY)} if stage in ("refine", "tone") else
+              {"restorer": RestorerNetwork(TINY).with_tone()} if stage == "polish" else
               {"teacher": RestorerNetwork(TINY).eval()} if stage == "distill" else None)
     trainer = STAGES[stage].trainer_class()(TINY, torch.device("cpu"), torch.float32, frozen=frozen)
     stream = _streams(pairs)
@@ -255,6 +261,49 @@ def test_refine_fits_mapping_and_decoder_with_the_encoder_frozen_and_a_decaying_
     trained = trainer.trained["network"].state_dict()
     assert not torch.equal(trained["decoder.body.0.weight"], before["decoder.body.0.weight"])
     assert not torch.equal(trained["mapping.head.0.weight"], before["mapping.head.0.weight"])
+
+
+def test_polish_learns_the_engines_output_through_the_frozen_tone_in_l1_and_ssim(pairs):
+    """It restores with the path's own detector's mask, then the tone correction, which it does not
+    train; batch norm keeps its statistics; both its terms fall."""
+    torch.manual_seed(0)
+    weights = TINY.train.weights.model_copy(update={"ssim": 40.0})
+    config = TINY.model_copy(update={"train": TINY.train.model_copy(update={"lr": 2e-3, "steps": 40, "weights": weights})})
+    path = RestorerNetwork(config).with_tone().eval()
+    for p in path.tone.parameters():  # a tone correction that changes the output
+        torch.nn.init.normal_(p, std=0.05)
+    before = {k: v.clone() for k, v in path.state_dict().items()}
+    trainer = PolishTrainer(config, torch.device("cpu"), torch.float32, frozen={"restorer": path})
+    batch = pair_batch(_streams(pairs), 4, 32)
+    x = batch["degraded"]
+    with torch.no_grad():
+        engine_like = path.tone(thumbnail(x), path(x, path.detect(x)))
+        assert torch.allclose(trainer._restore(batch, trainer.trained["network"]), engine_like, atol=1e-5)
+        assert not torch.allclose(engine_like, path(x, path.detect(x)), atol=1e-2)
+    first = trainer.step(batch)
+    for _ in range(39):
+        last = trainer.step(batch)
+    assert last["clean_l1"] < 0.8 * first["clean_l1"] and last["ssim"] < 0.8 * first["ssim"], (first, last)
+    assert first["total"] == pytest.approx(40 * first["clean_l1"] + 40 * first["ssim"], rel=1e-5)
+    trained = trainer.trained["network"].state_dict()
+    statistics = [k for k in trained if "running_" in k or "num_batches" in k]
+    assert statistics and all(torch.equal(trained[k], before[k]) for k in statistics)
+    assert not torch.equal(trained["decoder.body.0.weight"], before["decoder.body.0.weight"])
+    assert all(torch.equal(before[k], v) for k, v in path.state_dict().items())  # tone and path left as they were
+    assert "ssim" not in json.loads(TINY.model_dump_json())["train"]["weights"]  # configs from before it keep their JSON
+
+
+def test_the_ssim_term_is_the_evaluations_ssim():
+    rng = np.random.default_rng(0)
+    clean = rng.random((2, 1, 48, 40))
+    noisy = np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1)
+    expected = np.mean([metrics.ssim(255 * a[0], 255 * b[0]) for a, b in zip(noisy, clean)])
+    assert float(ssim(torch.tensor(noisy), torch.tensor(clean))) == pytest.approx(expected, abs=1e-5)
+    assert float(ssim(torch.tensor(clean), torch.tensor(clean))) == pytest.approx(1.0)
+    # On the evaluation's luminance: Y of BT.601 from RGB in [-1, 1].
+    rgb = torch.tensor(rng.random((1, 3, 8, 8)) * 2 - 1)
+    y = metrics.luma(255 * (rgb[0].permute(1, 2, 0).numpy() + 1) / 2)
+    assert np.allclose(255 * evaluated_luma(rgb)[0, 0].numpy(), y)
 
 
 # A student of the tiny model: narrower everywhere, its VAEs without residual blocks.
