@@ -84,7 +84,7 @@ def restore(args: argparse.Namespace) -> int:
                   f"model {summary['model_version']}: nothing to do, no flow run", file=sys.stderr)
         else:
             if workers == 1 and not settings.dask_address:
-                load_ahead(config)  # the tasks run in this process: the model loads while the API starts
+                load_ahead(config)  # the tasks run in this process: the model loads while the temporary API starts
             runner = task_runner(workers, settings.dask_address, preload=("oldphoto.tasks.restore", "oldphoto.model.engine"))
             api.ready()
             summary = restore_archive.with_options(task_runner=runner)(src, dst, config)

@@ -99,7 +99,7 @@ class RestoreConfig(EngineConfig):
 def restorer_for(model: str, device: str, precision: str, tile: int):
     """The engine for a model, loaded once per process (per Dask worker) and again when its file
     changes, with the model's version: a hash of its weights, so that the same weights count as the
-    same model however referenced. Callers in two threads (a load begun ahead, a task) load it once."""
+    same model however referenced. Callers in several threads load it once."""
     with _loading:
         return _loaded(model, device, precision, tile, _model_stamp(model))
 
@@ -108,14 +108,15 @@ _loading = threading.Lock()
 
 
 def load_ahead(config: EngineConfig) -> None:
-    """Begin loading the model into this process's cache in a thread, while Prefect creates the flow
-    run: for a run whose tasks run in this process (one local worker). A model that cannot be loaded
-    is left for the flow's check_model to report."""
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            model = choose_model.fn(config.model, get_settings().tracking_uri)
-            restorer_for(model, config.device, config.precision, config.tile)
-    threading.Thread(target=load, name="oldphoto-load-ahead", daemon=True).start()
+    """Load the model into this process's cache before the flow starts, for a run whose tasks run in
+    this process (one local worker): it loads while the temporary API starts in its own process. Not
+    in a thread beside the flow's start: two threads importing at once can fail one of them (CPython
+    3.11's import deadlock detection), and torch cannot be imported again in that process ("function
+    'istft' already has a docstring", seen in a clean checkout's test run). A model that cannot be
+    loaded is left for the flow's check_model to report."""
+    with contextlib.suppress(Exception):
+        model = choose_model.fn(config.model, get_settings().tracking_uri)
+        restorer_for(model, config.device, config.precision, config.tile)
 
 
 @functools.cache

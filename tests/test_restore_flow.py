@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import boto3
@@ -206,6 +207,22 @@ def test_a_rerun_skips_unchanged_inputs_without_opening_them(tmp_path, model):
     assert (changed["restored"], changed["skipped"], changed["failed"]) == (1, 2, 1)
     assert read_manifest(dst)["2.png"]["stamp"] == storage.stamped_images(str(src))["2.png"]
 
+
+
+def test_the_model_loaded_ahead_is_loaded_in_the_calling_thread_and_a_bad_one_is_left_to_the_flow(tmp_path, model):
+    """load_ahead runs before the flow, in the CLI's thread: a second thread importing torch beside
+    the flow's start once failed the run (the import cannot be retried in that process)."""
+    from oldphoto.tasks.restore import _loaded, load_ahead
+
+    before, threads = _loaded.cache_info(), threading.active_count()
+    load_ahead(RestoreConfig(model=model))
+    after = _loaded.cache_info()
+    assert after.misses + after.hits == before.misses + before.hits + 1 and after.currsize >= 1
+    assert threading.active_count() == threads
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a bundle")
+    load_ahead(RestoreConfig(model=str(bad)))  # not raised here: check_model reports it in the flow
+    assert _loaded.cache_info().currsize == after.currsize
 
 def test_the_console_shows_progress_and_the_summary_and_libraries_info_only_with_v(tmp_path, model):
     """Off a terminal (as in CI or cron): plain progress lines and the JSON summary last; Prefect's
